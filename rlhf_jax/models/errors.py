@@ -2,11 +2,11 @@
 
 
 class CheckpointError(ValueError):
-  """A checkpoint file, tensor or config entry does not match what the model expects.
+    """A checkpoint file, tensor or config entry does not match what the model expects.
 
-  Messages always name the file, the tensor or key, and what was expected.
-  """
+    Messages always name the file, the tensor or key, and what was expected.
+    """
 
 
 class UnsupportedModelError(CheckpointError):
-  """The checkpoint describes a model family or feature this library cannot build."""
+    """The checkpoint describes a model family or feature this library cannot build."""
