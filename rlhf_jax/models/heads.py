@@ -1,0 +1,67 @@
+"""Scalar heads on the decoder trunk, for reward and value models.
+
+A reward model reads one scalar per sequence at the last non-pad token (the
+Bradley–Terry reward of the paper's §2.1); a value model reads one scalar per
+position (the PPO critic of §2.2). Both are ``ScalarModel`` with a different
+``readout``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import DecoderConfig
+from rlhf_jax.models.layers import _param
+from rlhf_jax.models.transformer import Decoder, KVCache, ModelOutput
+
+READOUTS = ("last", "all")
+
+
+def last_token_index(attention_mask_bt):
+    """Index of each row's last non-pad token (right- or left-padded rows alike)."""
+    t = attention_mask_bt.shape[-1]
+    slots = jnp.arange(t)[None, :]
+    return jnp.max(jnp.where(attention_mask_bt.astype(bool), slots, -1), axis=-1)
+
+
+class ScalarHead(nn.Module):
+    """``v = h · w + b`` in float32, one scalar per position."""
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, hidden_bte):
+        e = self.config.hidden_size
+        w = _param(self, "kernel", ("embed",), (e,), nn.initializers.normal(1.0 / (e + 1) ** 0.5))
+        b = _param(self, "bias", (), (), nn.initializers.zeros)
+        return jnp.einsum("bte,e->bt", hidden_bte.astype(jnp.float32),
+                          w.astype(jnp.float32)) + b.astype(jnp.float32)
+
+
+class ScalarModel(nn.Module):
+    """Decoder + scalar head. ``values`` is ``[b]`` (readout ``last``) or ``[b, t]`` (``all``)."""
+
+    config: DecoderConfig
+    readout: str = "last"
+
+    def setup(self):
+        if self.readout not in READOUTS:
+            raise ValueError(f"ScalarModel.readout={self.readout!r}; expected one of {READOUTS}")
+        self.model = Decoder(self.config)
+        self.score = ScalarHead(self.config)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None,
+                 cache: Optional[KVCache] = None):
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        hidden, cache = self.model(input_ids, attention_mask, position_ids, cache)
+        values_bt = self.score(hidden)
+        if self.readout == "last":
+            idx = last_token_index(attention_mask)
+            values = jnp.take_along_axis(values_bt, idx[:, None], axis=1)[:, 0]
+        else:
+            values = values_bt
+        return ModelOutput(values=values, hidden_states=hidden, cache=cache)

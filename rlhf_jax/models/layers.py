@@ -1,0 +1,222 @@
+"""Building blocks of the decoder: norms, rotary embeddings, attention, MLP, block.
+
+Every parameter is declared with logical axis names (see ``rlhf_jax.sharding``
+for the rules that map them onto a device mesh) and every large activation is
+constrained with logical names too. Shapes follow the einsum-suffix habit:
+``b`` batch, ``t`` query length, ``s`` key length (cache slots), ``e`` embed,
+``h`` query heads, ``k`` kv heads, ``g`` query heads per kv head, ``d`` head dim,
+``f`` MLP hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import DecoderConfig
+
+_INIT_STD = 0.02
+
+
+def _param(module: nn.Module, name: str, axes: tuple, shape: tuple, init=None):
+    """Declares a parameter with logical axis names ``axes``."""
+    init = init or nn.initializers.normal(stddev=_INIT_STD)
+    boxed = nn.with_logical_partitioning(init, axes)
+    return module.param(name, boxed, shape, module.config.params_dtype)
+
+
+def _constrain(x, axes):
+    return nn.with_logical_constraint(x, axes)
+
+
+class Norm(nn.Module):
+    """RMSNorm ``x / sqrt(mean(x²) + eps) · w`` or LayerNorm ``(x − μ)/σ · w + b``.
+
+    Statistics are computed in float32 whatever the compute dtype.
+    """
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x_bte):
+        cfg = self.config
+        e = x_bte.shape[-1]
+        x32 = x_bte.astype(jnp.float32)
+        scale = _param(self, "scale", ("norm",), (e,), nn.initializers.ones)
+        if cfg.norm == "rms":
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+            y = y * scale.astype(jnp.float32)
+        else:
+            mean = jnp.mean(x32, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+            y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
+            bias = _param(self, "bias", ("norm",), (e,), nn.initializers.zeros)
+            y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(cfg.compute_dtype)
+
+
+def rope_inverse_frequencies(config: DecoderConfig) -> jnp.ndarray:
+    """Inverse frequencies ``θ^(−2i/d)`` of RoPE, with HF's ``rope_scaling`` applied.
+
+    Supported ``rope_type``s: ``default``, ``linear`` (frequencies divided by
+    ``factor``) and ``llama3`` (the Llama-3.1 wavelength-dependent smoothing).
+    """
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    scaling = config.rope_scaling_dict
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return jnp.where(medium, smoothed, scaled)
+    raise ValueError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
+
+
+def apply_rope(x_bthd, positions_bt, inv_freq):
+    """Rotates pairs ``(x_i, x_{i+d/2})`` by angle ``pos · inv_freq_i`` (HF ``rotate_half`` layout)."""
+    angle = positions_bt.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
+    angle = jnp.concatenate([angle, angle], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    x32 = x_bthd.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x_bthd.dtype)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention ``softmax(q kᵀ / √d + mask) v`` with an optional KV cache.
+
+    ``layer_kv`` is ``None`` (no cache: keys are this call's tokens) or a pair
+    ``(k_bskd, v_bskd)`` of cache slots; this call's keys and values are written
+    at slot ``cache_index`` and the updated pair is returned. ``key_mask_bs``
+    marks the key slots that hold real tokens (padding excluded).
+    """
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x_bte, positions_bt, key_mask_bs, cache_index, layer_kv):
+        cfg = self.config
+        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dt = cfg.compute_dtype
+        wq = _param(self, "q_proj", ("embed", "heads", "head_dim"), (e, h, d))
+        wk = _param(self, "k_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
+        wv = _param(self, "v_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
+        wo = _param(self, "o_proj", ("heads", "head_dim", "embed"), (h, d, e))
+        q = jnp.einsum("bte,ehd->bthd", x_bte, wq.astype(dt))
+        key = jnp.einsum("bte,ekd->btkd", x_bte, wk.astype(dt))
+        val = jnp.einsum("bte,ekd->btkd", x_bte, wv.astype(dt))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", ("heads", "head_dim"), (h, d), zeros).astype(dt)
+            key = key + _param(self, "k_bias", ("kv_heads", "head_dim"), (k, d), zeros).astype(dt)
+            val = val + _param(self, "v_bias", ("kv_heads", "head_dim"), (k, d), zeros).astype(dt)
+        if cfg.position == "rope":
+            inv_freq = rope_inverse_frequencies(cfg)
+            q = apply_rope(q, positions_bt, inv_freq)
+            key = apply_rope(key, positions_bt, inv_freq)
+        q = _constrain(q, ("batch", "length", "act_heads", "head_dim"))
+
+        t = x_bte.shape[1]
+        if layer_kv is None:
+            keys, values = key, val
+            query_slots = jnp.arange(t)
+        else:
+            k_cache, v_cache = layer_kv
+            start = (0, cache_index, 0, 0)
+            keys = jax.lax.dynamic_update_slice(k_cache, key.astype(k_cache.dtype), start)
+            values = jax.lax.dynamic_update_slice(v_cache, val.astype(v_cache.dtype), start)
+            layer_kv = (keys, values)
+            query_slots = cache_index + jnp.arange(t)
+        out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots, k)
+        out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
+        y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
+        if cfg.out_bias:
+            y = y + _param(self, "o_bias", ("embed",), (e,), nn.initializers.zeros).astype(dt)
+        return y, layer_kv
+
+
+def _attend(q_bthd, k_bskd, v_bskd, key_mask_bs, query_slots_t, num_kv_heads):
+    """Masked softmax attention; scores and softmax in float32."""
+    b, t, h, d = q_bthd.shape
+    s = k_bskd.shape[1]
+    q_btkgd = q_bthd.reshape(b, t, num_kv_heads, h // num_kv_heads, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd,
+                        preferred_element_type=jnp.float32) / math.sqrt(d)
+    causal_ts = jnp.arange(s)[None, :] <= query_slots_t[:, None]
+    allowed = causal_ts[None, None, None] & key_mask_bs.astype(bool)[:, None, None, None, :]
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
+    return out.reshape(b, t, h, d)
+
+
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+class MLP(nn.Module):
+    """Gated ``down(act(gate(x)) · up(x))`` (SwiGLU) or plain ``down(act(up(x)))``."""
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x_bte):
+        cfg = self.config
+        e, f, dt = cfg.hidden_size, cfg.intermediate_size, cfg.compute_dtype
+        act = _ACTIVATIONS[cfg.activation]
+        zeros = nn.initializers.zeros
+        up = jnp.einsum("bte,ef->btf", x_bte, _param(self, "up_proj", ("embed", "mlp"), (e, f)).astype(dt))
+        if cfg.mlp_bias:
+            up = up + _param(self, "up_bias", ("mlp",), (f,), zeros).astype(dt)
+        if cfg.mlp == "gated":
+            gate = jnp.einsum("bte,ef->btf", x_bte,
+                              _param(self, "gate_proj", ("embed", "mlp"), (e, f)).astype(dt))
+            if cfg.mlp_bias:
+                gate = gate + _param(self, "gate_bias", ("mlp",), (f,), zeros).astype(dt)
+            hidden = act(gate) * up
+        else:
+            hidden = act(up)
+        hidden = _constrain(hidden, ("batch", "length", "act_mlp"))
+        y = jnp.einsum("btf,fe->bte", hidden,
+                       _param(self, "down_proj", ("mlp", "embed"), (f, e)).astype(dt))
+        if cfg.mlp_bias:
+            y = y + _param(self, "down_bias", ("embed",), (e,), zeros).astype(dt)
+        return y
+
+
+class Block(nn.Module):
+    """Pre-norm residual block ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+
+    Written as a scan body: ``(x, broadcast inputs…, layer_kv) -> (x, layer_kv)``.
+    """
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x_bte, positions_bt, key_mask_bs, cache_index, layer_kv):
+        cfg = self.config
+        attn_out, layer_kv = Attention(cfg, name="attn")(
+            Norm(cfg, name="attn_norm")(x_bte), positions_bt, key_mask_bs, cache_index, layer_kv)
+        x_bte = x_bte + attn_out
+        x_bte = x_bte + MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_bte))
+        x_bte = _constrain(x_bte, ("batch", "length", "act_embed"))
+        return x_bte, layer_kv

@@ -1,0 +1,51 @@
+"""Named HF-style configs for tests, benchmarks and demos (random weights).
+
+``preset_config("tiny-llama")`` returns a ``config.json`` dict that both
+``transformers`` and :func:`rlhf_jax.models.config_from_hf` read.
+"""
+
+from __future__ import annotations
+
+import copy
+
+_PRESETS = {
+    # Grouped-query attention (4 query heads share 2 kv heads), untied head, non-default theta.
+    "tiny-llama": {
+        "model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
+        "rope_theta": 50000.0, "tie_word_embeddings": False, "hidden_act": "silu",
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    },
+    "tiny-llama-tied": {
+        "model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "head_dim": 8, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+        "rope_theta": 100000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    },
+    "tiny-gpt2": {
+        "model_type": "gpt2", "vocab_size": 256, "n_embd": 64, "n_layer": 2, "n_head": 4,
+        "n_positions": 512, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    },
+    # The shape of SmolLM2-135M: a 135M-class Llama for benchmarks.
+    "llama-135m": {
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "head_dim": 64, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+    },
+}
+
+
+def preset_names() -> list:
+    return sorted(_PRESETS)
+
+
+def preset_config(name: str) -> dict:
+    """A fresh copy of the named HF config dict."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; known: {preset_names()}")
+    return copy.deepcopy(_PRESETS[name])

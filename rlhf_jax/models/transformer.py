@@ -1,0 +1,165 @@
+"""The decoder trunk, the causal LM on top of it, and the KV cache.
+
+``Decoder`` embeds tokens, runs the layers as one ``nn.scan`` over stacked
+parameters (leading logical axis ``layers``, so compile time does not grow with
+depth) and applies the final norm. ``CausalLM`` adds the LM head (tied to the
+embedding or its own matrix). Scalar heads for reward and value models live in
+``rlhf_jax.models.heads``.
+
+Padding: batches are left-padded. Position ids default to
+``cumsum(attention_mask) − 1`` over everything seen so far (cache included), so a
+left-padded row gets the same positions as the unpadded sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import DecoderConfig
+from rlhf_jax.models.layers import Block, Norm, _constrain, _param
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer for ``max_length`` slots, all on device.
+
+    ``k``/``v``: ``[layers, batch, slots, kv_heads, head_dim]``; ``mask``:
+    ``[batch, slots]``, 1 where a slot holds a real token; ``index``: the next
+    slot to write.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def zeros(cls, config: DecoderConfig, batch_size: int, max_length: int, dtype=None):
+        dtype = dtype or config.compute_dtype
+        shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   mask=jnp.zeros((batch_size, max_length), jnp.int32),
+                   index=jnp.zeros((), jnp.int32))
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    """What the models return: ``logits`` (LM) or ``values`` (scalar head), hidden states, cache."""
+
+    logits: Optional[jax.Array] = None
+    values: Optional[jax.Array] = None
+    hidden_states: Optional[jax.Array] = None
+    cache: Optional[KVCache] = None
+
+
+def default_positions(attention_mask_bt):
+    """Position ids ``max(cumsum(mask) − 1, 0)``: left padding does not shift positions."""
+    return jnp.maximum(jnp.cumsum(attention_mask_bt, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def _remat_policy(name):
+    return {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}[name]
+
+
+class Decoder(nn.Module):
+    """Token (+ learned position) embedding, ``num_layers`` blocks, final norm.
+
+    Returns ``(hidden_bte, cache)``; ``cache`` is ``None`` when none was given.
+    """
+
+    config: DecoderConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), ("vocab", "embed")))
+        if cfg.position == "learned":
+            self.embed_positions = nn.Embed(
+                cfg.max_position_embeddings, cfg.hidden_size, dtype=cfg.compute_dtype,
+                param_dtype=cfg.params_dtype,
+                embedding_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(0.01), ("position", "embed")))
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, prevent_cse=False, policy=_remat_policy(cfg.remat))
+        self.layers = nn.scan(
+            block, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+        self.norm = Norm(cfg)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None,
+                 cache: Optional[KVCache] = None):
+        b, t = input_ids.shape
+        mask_bt = jnp.ones((b, t), jnp.int32) if attention_mask is None \
+            else attention_mask.astype(jnp.int32)
+        if cache is None:
+            key_mask_bs, cache_index, layer_kv = mask_bt, jnp.zeros((), jnp.int32), None
+        else:
+            key_mask_bs = jax.lax.dynamic_update_slice(cache.mask, mask_bt, (0, cache.index))
+            cache_index, layer_kv = cache.index, (cache.k, cache.v)
+        positions_bt = position_ids
+        if positions_bt is None:
+            positions_bt = jax.lax.dynamic_slice_in_dim(
+                default_positions(key_mask_bs), cache_index, t, axis=1)
+        x = self.embed_tokens(input_ids)
+        if self.config.position == "learned":
+            x = x + self.embed_positions(positions_bt)
+        x = _constrain(x, ("batch", "length", "act_embed"))
+        x, layer_kv = self.layers(x, positions_bt, key_mask_bs, cache_index, layer_kv)
+        x = self.norm(x)
+        if cache is not None:
+            cache = KVCache(k=layer_kv[0], v=layer_kv[1], mask=key_mask_bs, index=cache.index + t)
+        return x, cache
+
+
+class LMHead(nn.Module):
+    """Untied output projection ``logits = h · W`` with ``W: [embed, vocab]``."""
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, hidden_bte):
+        cfg = self.config
+        w = _param(self, "kernel", ("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size))
+        return jnp.einsum("bte,ev->btv", hidden_bte, w.astype(cfg.compute_dtype))
+
+
+class CausalLM(nn.Module):
+    """Decoder + LM head. ``apply`` returns a :class:`ModelOutput` with ``logits [b, t, vocab]``.
+
+    ``last_token_only=True`` computes logits for the final position alone
+    (``[b, 1, vocab]``), which is all a sampler's prefill needs.
+    """
+
+    config: DecoderConfig
+
+    def setup(self):
+        self.model = Decoder(self.config)
+        if not self.config.tie_word_embeddings:
+            self.lm_head = LMHead(self.config)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None,
+                 cache: Optional[KVCache] = None, last_token_only: bool = False):
+        hidden, cache = self.model(input_ids, attention_mask, position_ids, cache)
+        logits = self.logits(hidden[:, -1:] if last_token_only else hidden)
+        return ModelOutput(logits=logits, hidden_states=hidden, cache=cache)
+
+    def logits(self, hidden_bte):
+        """LM head on hidden states; tied heads reuse the token embedding."""
+        if self.config.tie_word_embeddings:
+            logits = self.model.embed_tokens.attend(hidden_bte)
+        else:
+            logits = self.lm_head(hidden_bte)
+        return _constrain(logits, ("batch", "length", "act_vocab"))
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        """An empty cache of ``max_length`` slots (prompt + new tokens)."""
+        return KVCache.zeros(self.config, batch_size, max_length, dtype)

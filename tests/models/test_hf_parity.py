@@ -1,0 +1,171 @@
+"""Logit parity with transformers (PyTorch, float32) and the HF checkpoint round trip.
+
+Reference: ``transformers`` eager attention in float32 on randomly initialised
+tiny models. Tolerance: max |Δlogit| ≤ 1e-4 at every real (non-pad) position.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity tests need CPU torch (pip install torch==2.13.0)")
+transformers = pytest.importorskip("transformers")
+
+import jax.numpy as jnp  # noqa: E402
+
+from rlhf_jax.models import (CheckpointError, UnsupportedModelError, load_pretrained,  # noqa: E402
+                             save_pretrained)
+from rlhf_jax.models.hf import CONFIG_FILE, SAFETENSORS_FILE  # noqa: E402
+from rlhf_jax.models.presets import preset_config  # noqa: E402
+from tests.conftest import left_padded_batch  # noqa: E402
+
+TOL = 1e-4
+CASES = {
+    "llama-gqa-untied": ("tiny-llama", {}),
+    "llama-tied": ("tiny-llama-tied", {}),
+    "llama3-rope-scaling": ("tiny-llama", {"rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}}),
+    "gpt2": ("tiny-gpt2", {}),
+}
+
+
+def torch_model(hf_config: dict, seed: int = 0):
+    """A float32 transformers model with random weights large enough to matter."""
+    torch.manual_seed(seed)
+    config = transformers.AutoConfig.for_model(**hf_config)
+    model = transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager", dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.1 if p.ndim == 1 else 1.0 / np.sqrt(p.shape[-1])
+            base = 1.0 if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0
+            p.copy_(base + scale * torch.randn_like(p))
+    return model
+
+
+def torch_logits(model, ids, mask):
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                    attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions))
+    return out.logits.numpy()
+
+
+def max_diff_on_real_tokens(a, b, mask):
+    real = mask.astype(bool)
+    return float(np.max(np.abs(a[real] - b[real])))
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory):
+    preset, overrides = CASES[request.param]
+    hf_config = {**preset_config(preset), **overrides}
+    model = torch_model(hf_config)
+    path = str(tmp_path_factory.mktemp(request.param))
+    model.save_pretrained(path)
+    ids, mask = left_padded_batch(np.random.default_rng(1), [11, 4, 7, 1], hf_config["vocab_size"])
+    return {"torch": model, "path": path, "ids": ids, "mask": mask, "name": request.param}
+
+
+def test_logits_match_transformers(case):
+    model, params = load_pretrained(case["path"])
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(case["ids"]),
+                                  attention_mask=jnp.asarray(case["mask"])).logits)
+    ref = torch_logits(case["torch"], case["ids"], case["mask"])
+    assert ours.shape == ref.shape
+    assert np.std(ref) > 0.1, "reference logits are too flat to test anything"
+    assert max_diff_on_real_tokens(ours, ref, case["mask"]) <= TOL
+
+
+def test_left_padding_does_not_change_logits(case):
+    """A row's logits are the same padded in a batch as run alone without padding."""
+    model, params = load_pretrained(case["path"])
+    ids, mask = case["ids"], case["mask"]
+    batch = np.asarray(model.apply({"params": params}, jnp.asarray(ids),
+                                   attention_mask=jnp.asarray(mask)).logits)
+    n = int(mask[1].sum())
+    alone = np.asarray(model.apply({"params": params}, jnp.asarray(ids[1:2, -n:])).logits)
+    np.testing.assert_allclose(batch[1, -n:], alone[0], atol=TOL)
+
+
+def test_export_reloads_in_transformers(case, tmp_path):
+    model, params = load_pretrained(case["path"])
+    save_pretrained(model, params, str(tmp_path))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), attn_implementation="eager", dtype=torch.float32).eval()
+    ids, mask = case["ids"], case["mask"]
+    ref = torch_logits(case["torch"], ids, mask)
+    again = torch_logits(reloaded, ids, mask)
+    assert max_diff_on_real_tokens(again, ref, mask) <= 1e-6
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("llama"))
+    torch_model(preset_config("tiny-llama")).save_pretrained(path)
+    return path
+
+
+def _copy_with(src, dst, config=None, tensors=None):
+    from safetensors.numpy import load_file, save_file
+    os.makedirs(dst, exist_ok=True)
+    with open(os.path.join(src, CONFIG_FILE)) as f:
+        cfg = json.load(f)
+    cfg.update(config or {})
+    with open(os.path.join(dst, CONFIG_FILE), "w") as f:
+        json.dump(cfg, f)
+    arrays = load_file(os.path.join(src, SAFETENSORS_FILE))
+    arrays = tensors(arrays) if tensors else arrays
+    save_file(arrays, os.path.join(dst, SAFETENSORS_FILE), metadata={"format": "pt"})
+    return dst
+
+
+def test_missing_path_is_named(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="nope"):
+        load_pretrained(missing)
+
+
+def test_unsupported_model_type_is_named(llama_dir, tmp_path):
+    bad = _copy_with(llama_dir, str(tmp_path / "bad"), config={"model_type": "mamba"})
+    with pytest.raises(UnsupportedModelError, match=r"config\.json.*'mamba'"):
+        load_pretrained(bad)
+
+
+def test_renamed_tensor_is_named(llama_dir, tmp_path):
+    def rename(arrays):
+        arrays["model.layers.1.mlp.gate.weight"] = arrays.pop("model.layers.1.mlp.gate_proj.weight")
+        return arrays
+    bad = _copy_with(llama_dir, str(tmp_path / "bad"), tensors=rename)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*'model\.layers\.1\.mlp\.gate_proj\.weight'"):
+        load_pretrained(bad)
+
+
+def test_misshapen_tensor_is_named(llama_dir, tmp_path):
+    def shrink(arrays):
+        arrays["model.layers.0.self_attn.k_proj.weight"] = arrays["model.layers.0.self_attn.k_proj.weight"][:-1]
+        return arrays
+    bad = _copy_with(llama_dir, str(tmp_path / "bad"), tensors=shrink)
+    with pytest.raises(CheckpointError, match=r"k_proj\.weight.*\(31, 64\), expected \(32, 64\)"):
+        load_pretrained(bad)
+
+
+def test_extra_tensor_is_not_skipped(llama_dir, tmp_path):
+    def add(arrays):
+        arrays["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
+        return arrays
+    bad = _copy_with(llama_dir, str(tmp_path / "bad"), tensors=add)
+    with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.extra\.weight'"):
+        load_pretrained(bad)
+
+
+def test_config_mismatch_names_tensor(llama_dir, tmp_path):
+    bad = _copy_with(llama_dir, str(tmp_path / "bad"), config={"intermediate_size": 100})
+    with pytest.raises(CheckpointError, match=r"gate_proj\.weight.*expected \(100, 64\)"):
+        load_pretrained(bad)
