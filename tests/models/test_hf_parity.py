@@ -19,7 +19,7 @@ from rlhf_jax.models import (CheckpointError, UnsupportedModelError, load_pretra
                              save_pretrained)
 from rlhf_jax.models.hf import CONFIG_FILE, SAFETENSORS_FILE  # noqa: E402
 from rlhf_jax.models.presets import preset_config  # noqa: E402
-from tests.conftest import left_padded_batch  # noqa: E402
+from tests.helpers import left_padded_batch, torch_logits, torch_model  # noqa: E402
 
 TOL = 1e-4
 CASES = {
@@ -30,28 +30,6 @@ CASES = {
         "original_max_position_embeddings": 64}}),
     "gpt2": ("tiny-gpt2", {}),
 }
-
-
-def torch_model(hf_config: dict, seed: int = 0):
-    """A float32 transformers model with random weights large enough to matter."""
-    torch.manual_seed(seed)
-    config = transformers.AutoConfig.for_model(**hf_config)
-    model = transformers.AutoModelForCausalLM.from_config(
-        config, attn_implementation="eager", dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.1 if p.ndim == 1 else 1.0 / np.sqrt(p.shape[-1])
-            base = 1.0 if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0
-            p.copy_(base + scale * torch.randn_like(p))
-    return model
-
-
-def torch_logits(model, ids, mask):
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                    attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions))
-    return out.logits.numpy()
 
 
 def max_diff_on_real_tokens(a, b, mask):

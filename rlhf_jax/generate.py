@@ -1,0 +1,153 @@
+"""KV-cached sampling, entirely on device: one jitted prefill plus a ``lax.while_loop`` decode.
+
+``sample`` takes left-padded prompts of different lengths in one batch, writes
+the prompt's keys and values into a cache of ``prompt_len + max_new_tokens``
+slots, then decodes one token per iteration. Each row stops at its own EOS; the
+loop exits as soon as every row has stopped. The result has a fixed shape
+``[batch, max_new_tokens]`` so callers never recompile on output length.
+
+Sampling rules, applied to the next-token logits in this order (as in HF's
+``generate``): temperature ``T`` (``logits / T``; ``T == 0`` means greedy),
+top-k (keep the ``k`` largest), top-p (keep the smallest set of most likely
+tokens whose probability mass reaches ``p``). ``logprobs`` are
+``log_softmax(processed logits)`` at the chosen token, i.e. under the
+distribution actually sampled from (for greedy: the model's untempered
+distribution). With ``T = 1``, ``top_k = 0``, ``top_p = 1`` they equal the model's
+own log-probabilities, which is what PPO needs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence, Union
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.transformer import KVCache
+
+_NEG_INF = -1e30
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    """``tokens``/``logprobs``/``mask``: ``[batch, max_new_tokens]``.
+
+    ``mask`` is 1 for every generated token up to and including the row's EOS;
+    after it, ``tokens`` hold ``pad_id`` and ``logprobs`` hold 0.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+
+    @property
+    def lengths(self):
+        return self.mask.sum(axis=-1)
+
+
+@flax.struct.dataclass
+class _DecodeState:
+    step: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+    done: jax.Array
+    next_logits: jax.Array
+    cache: KVCache
+    key: jax.Array
+
+
+def process_logits(logits_bv, temperature, *, greedy: bool, top_k: int, use_top_p: bool, top_p):
+    """Temperature, then top-k, then top-p; removed tokens get a logit of −1e30 (float32)."""
+    logits = logits_bv.astype(jnp.float32)
+    if greedy:
+        return logits
+    logits = logits / temperature
+    if top_k > 0:
+        kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth_largest, _NEG_INF, logits)
+    if use_top_p:
+        sorted_desc = -jnp.sort(-logits, axis=-1)
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        kept = mass_before < top_p  # the first token is always kept
+        cutoff = jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, _NEG_INF, logits)
+    return logits
+
+
+def _choose(logits_bv, key, greedy: bool):
+    if greedy:
+        return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
+
+
+def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           eos_id: Optional[Union[int, Sequence[int]]] = None, pad_id: int = 0) -> SampleOutput:
+    """Sample up to ``max_new_tokens`` per row from ``model`` (a ``CausalLM``).
+
+    ``prompt_ids``/``prompt_mask``: ``[batch, prompt_len]``, left-padded.
+    ``temperature == 0`` is greedy. ``top_k == 0`` and ``top_p == 1`` disable
+    those filters. ``eos_id`` may be one id or several; ``None`` never stops early.
+    The same ``key`` gives the same output. Compiled once per (model, shapes,
+    ``max_new_tokens``, ``top_k``, greedy-or-not, top-p-or-not, EOS ids);
+    temperature and the top-p value are traced.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    if prompt_ids.shape != prompt_mask.shape or prompt_ids.ndim != 2:
+        raise ValueError(f"prompt_ids {prompt_ids.shape} and prompt_mask {prompt_mask.shape} must "
+                         "both be [batch, prompt_len]")
+    if not 0.0 < top_p <= 1.0 or top_k < 0 or temperature < 0:
+        raise ValueError(f"need temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1; got {temperature}, "
+                         f"{top_k}, {top_p}")
+    eos_ids = () if eos_id is None else tuple(int(e) for e in jnp.atleast_1d(jnp.asarray(eos_id)))
+    return _sample_jitted(
+        model, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key,
+        jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), max_new_tokens=max_new_tokens,
+        top_k=top_k, greedy=temperature == 0, use_top_p=top_p < 1.0, eos_ids=eos_ids,
+        pad_id=pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "model", "max_new_tokens", "top_k", "greedy", "use_top_p", "eos_ids", "pad_id"))
+def _sample_jitted(model, params, prompt_ids, prompt_mask, key, temperature, top_p, *,
+                   max_new_tokens, top_k, greedy, use_top_p, eos_ids, pad_id):
+    b, p = prompt_ids.shape
+    variables = {"params": params}
+    cache = model.init_cache(b, p + max_new_tokens)
+    prefill = model.apply(variables, prompt_ids, attention_mask=prompt_mask, cache=cache,
+                          last_token_only=True)
+    filters = dict(greedy=greedy, top_k=top_k, use_top_p=use_top_p, top_p=top_p)
+    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+    def cond(state):
+        return (state.step < max_new_tokens) & ~jnp.all(state.done)
+
+    def body(state):
+        key, step_key = jax.random.split(state.key)
+        logits = process_logits(state.next_logits, temperature, **filters)
+        token = _choose(logits, step_key, greedy)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], -1)[:, 0]
+        live = ~state.done
+        token = jnp.where(live, token, pad_id)
+        put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], state.step, axis=1)
+        out = model.apply(variables, token[:, None], attention_mask=live[:, None].astype(jnp.int32),
+                          cache=state.cache)
+        return _DecodeState(
+            step=state.step + 1, tokens=put(state.tokens, token),
+            logprobs=put(state.logprobs, jnp.where(live, logprob, 0.0)),
+            mask=put(state.mask, live.astype(jnp.int32)),
+            done=state.done | jnp.isin(token, eos), next_logits=out.logits[:, -1],
+            cache=out.cache, key=key)
+
+    state = _DecodeState(
+        step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+        logprobs=jnp.zeros((b, max_new_tokens), jnp.float32),
+        mask=jnp.zeros((b, max_new_tokens), jnp.int32), done=jnp.zeros((b,), bool),
+        next_logits=prefill.logits[:, -1], cache=prefill.cache, key=key)
+    state = jax.lax.while_loop(cond, body, state)
+    return SampleOutput(tokens=state.tokens, logprobs=state.logprobs, mask=state.mask)

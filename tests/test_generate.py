@@ -1,0 +1,138 @@
+"""The KV-cached sampler against transformers (PyTorch) and plain NumPy reference rules.
+
+References: ``transformers`` greedy ``generate`` (token-for-token equality) and
+full, uncached PyTorch forwards over prompt + sampled prefix, from which the
+allowed top-k / top-p sets and the log-softmax are computed in NumPy.
+Log-prob tolerance: 1e-4 absolute.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="sampler reference needs CPU torch")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from rlhf_jax.generate import sample  # noqa: E402
+from rlhf_jax.models import load_pretrained  # noqa: E402
+from rlhf_jax.models.presets import preset_config  # noqa: E402
+from tests.helpers import left_padded_batch, torch_logits, torch_model  # noqa: E402
+
+PROMPT_LENGTHS = [9, 3, 6, 1]
+NEW = 12
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+def models(request, tmp_path_factory):
+    ref = torch_model(preset_config(request.param), seed=3)
+    path = str(tmp_path_factory.mktemp(request.param))
+    ref.save_pretrained(path)
+    model, params = load_pretrained(path)
+    ids, mask = left_padded_batch(np.random.default_rng(2), PROMPT_LENGTHS, model.config.vocab_size)
+    return {"ref": ref, "model": model, "params": params, "ids": ids, "mask": mask}
+
+
+def _sample(m, key=0, **kw):
+    out = sample(m["model"], m["params"], jnp.asarray(m["ids"]), jnp.asarray(m["mask"]),
+                 jax.random.key(key), max_new_tokens=NEW, **kw)
+    return jax.tree.map(np.asarray, out)
+
+
+def _hf_greedy(m, eos_id):
+    with torch.no_grad():
+        out = m["ref"].generate(
+            input_ids=torch.tensor(m["ids"], dtype=torch.long), attention_mask=torch.tensor(m["mask"]),
+            do_sample=False, max_new_tokens=NEW, eos_token_id=eos_id, pad_token_id=0)
+    return out[:, m["ids"].shape[1]:].numpy()
+
+
+@pytest.mark.parametrize("eos_id", [None, 7])
+def test_greedy_matches_transformers_generate(models, eos_id):
+    ours = _sample(models, temperature=0.0, eos_id=eos_id)
+    ref = _hf_greedy(models, eos_id)
+    n = ref.shape[1]
+    np.testing.assert_array_equal(ours.tokens[:, :n], ref)
+    assert np.all(ours.tokens[:, n:] == 0) and np.all(ours.mask[:, n:] == 0)
+
+
+def _reference_step_logits(m, out, temperature):
+    """``[b, NEW, vocab]`` float64: uncached torch logits for each sampled position, scaled by 1/T."""
+    full_ids = np.concatenate([m["ids"], out.tokens], axis=1)
+    full_mask = np.concatenate([m["mask"], out.mask], axis=1)
+    logits = torch_logits(m["ref"], full_ids, full_mask).astype(np.float64)
+    p = m["ids"].shape[1]
+    return logits[:, p - 1:p - 1 + NEW] / temperature
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_logprobs_equal_full_forward_log_softmax(models):
+    out = _sample(models, temperature=1.0)
+    ref = _log_softmax(_reference_step_logits(models, out, 1.0))
+    ref_at_tokens = np.take_along_axis(ref, out.tokens[..., None], -1)[..., 0]
+    live = out.mask.astype(bool)
+    assert live.sum() >= 10
+    np.testing.assert_allclose(out.logprobs[live], ref_at_tokens[live], atol=1e-4)
+
+
+def _allowed_top_k(scaled_v, k):
+    return set(np.argsort(-scaled_v, kind="stable")[:k].tolist())
+
+
+def _allowed_top_p(scaled_v, p):
+    order = np.argsort(-scaled_v, kind="stable")
+    probs = np.exp(_log_softmax(scaled_v[order]))
+    allowed, mass = set(), 0.0
+    for token, prob in zip(order, probs):
+        allowed.add(int(token))
+        mass += prob
+        if mass >= p:
+            break
+    return allowed
+
+
+@pytest.mark.parametrize("rule,kw", [("top_k", {"top_k": 5}), ("top_p", {"top_p": 0.6}),
+                                     ("both", {"top_k": 20, "top_p": 0.5})])
+def test_filtered_samples_stay_in_allowed_set(models, rule, kw):
+    temperature = 0.8
+    for seed in range(3):
+        out = _sample(models, key=seed, temperature=temperature, **kw)
+        scaled = _reference_step_logits(models, out, temperature)
+        for b, t in zip(*np.nonzero(out.mask)):
+            allowed = set(range(scaled.shape[-1]))
+            if "top_k" in kw:
+                allowed &= _allowed_top_k(scaled[b, t], kw["top_k"])
+            if "top_p" in kw:
+                allowed &= _allowed_top_p(scaled[b, t], kw["top_p"])
+            assert out.tokens[b, t] in allowed, (rule, seed, b, t)
+
+
+def test_same_key_same_output_other_key_other_output(models):
+    a, b, c = _sample(models, key=5), _sample(models, key=5), _sample(models, key=6)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_rows_stop_at_eos_and_pad_after(models):
+    eos = 7
+    out = _sample(models, key=1, temperature=2.0, eos_id=[eos, 11])
+    for row in range(out.tokens.shape[0]):
+        n = int(out.mask[row].sum())
+        assert np.all(out.mask[row, :n] == 1) and np.all(out.mask[row, n:] == 0)
+        assert not np.isin(out.tokens[row, :n - 1], [eos, 11]).any()
+        if n < NEW:
+            assert out.tokens[row, n - 1] in (eos, 11)
+            assert np.all(out.tokens[row, n:] == 0) and np.all(out.logprobs[row, n:] == 0)
+
+
+def test_bad_arguments_raise(models):
+    with pytest.raises(ValueError, match="top_p"):
+        _sample(models, top_p=0.0)
+    with pytest.raises(ValueError, match="prompt_mask"):
+        sample(models["model"], models["params"], jnp.asarray(models["ids"]),
+               jnp.asarray(models["mask"][:, 1:]), jax.random.key(0), max_new_tokens=2)
