@@ -96,7 +96,7 @@ def _open_reader(path: str):
         raise CheckpointError(f"GGUF file not found: {path}")
     try:
         return GGUFReader(path)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, IndexError) as err:
         raise CheckpointError(f"{path}: not a readable GGUF file ({err})") from err
 
 

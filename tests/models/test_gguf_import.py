@@ -197,6 +197,15 @@ def test_missing_file(tmp_path):
     assert path in str(err.value)
 
 
+def test_not_a_gguf_file(tmp_path):
+    """Garbage or truncated bytes raise CheckpointError naming the file."""
+    path = tmp_path / "garbage.gguf"
+    path.write_bytes(b"definitely not gguf" * 8)
+    with pytest.raises(CheckpointError) as err:
+        read_gguf(path)
+    assert str(path) in str(err.value)
+
+
 def test_wrong_architecture(tmp_path):
     """A non-llama general.architecture raises UnsupportedModelError naming file, arch and what is supported."""
     path = _write_gguf(tmp_path / "gpt2.gguf", arch="gpt2", tensors=_tiny_tensors(np.random.default_rng(2)))
