@@ -1,0 +1,45 @@
+"""rlhf_jax: JAX/Flax RLHF, after "A Long Way to Go: Investigating Length Correlations in RLHF"."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "transformers>=5.24",  # tokenizers and configs only: v5 has no Flax models
+    "tokenizers>=0.23",
+    "tensorflow-datasets>=4.9.10",  # builders read with tfds.data_source; no tensorflow needed
+    "grain>=0.2.18",
+    "ml-collections>=1.1.0",
+    "safetensors>=0.8.0",
+    "gguf>=0.19.0",
+    "numpy>=2.0",
+    "tqdm>=4.66",
+]
+
+# torch is pinned to the CPU build that the test machines carry as a file: a bare
+# `torch` requirement would pull a multi-GB CUDA build.
+TEST = [
+    "pytest>=8",
+    "scipy>=1.11",
+    "torch==2.13.0",
+    "accelerate>=1.0",  # transformers needs it to load a GGUF file (the PyTorch reference)
+]
+
+setup(
+    name="rlhf_jax",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rlhf_jax", "rlhf_jax.*"]),
+    install_requires=CORE,
+    extras_require={
+        "test": TEST,
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "cuda": ["jax[cuda12]>=0.10.2"],
+    },
+    entry_points={"console_scripts": ["rlhf-jax=rlhf_jax.cli:main"]},
+)
