@@ -67,6 +67,8 @@ def cmd_generate(args) -> int:
                  top_k=args.top_k, top_p=args.top_p, eos_id=eos, pad_id=pad)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     seconds = time.perf_counter() - start
+    if jax.process_index() != 0:
+        return 0
     for prompt, row, n in zip(args.prompt, tokens, lengths):
         text = tokenizer.decode(row[:n], skip_special_tokens=True)
         print(f"### prompt\n{prompt}\n### completion ({n} tokens)\n{text}\n")
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from rlhf_jax.sharding import initialize_distributed
+    initialize_distributed()  # a no-op unless launched on several hosts (see launch/)
     return args.func(args)
 
 
