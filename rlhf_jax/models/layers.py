@@ -140,6 +140,8 @@ class Attention(nn.Module):
             start = (0, cache_index, 0, 0)
             keys = jax.lax.dynamic_update_slice(k_cache, key.astype(k_cache.dtype), start)
             values = jax.lax.dynamic_update_slice(v_cache, val.astype(v_cache.dtype), start)
+            keys = _constrain(keys, ("batch", "cache_length", "act_kv_heads", "head_dim"))
+            values = _constrain(values, ("batch", "cache_length", "act_kv_heads", "head_dim"))
             layer_kv = (keys, values)
             query_slots = cache_index + jnp.arange(t)
         out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots, k)
