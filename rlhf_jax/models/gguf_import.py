@@ -3,7 +3,8 @@
 Only the `gguf` package and numpy are used here: tensors are dequantized with
 `gguf.quants.dequantize`, renamed to the HF Llama names, and the rotary row permutation
 llama.cpp applies to q/k projections is undone, so the result matches what transformers
-gets when it loads the same file with `gguf_file=`.
+gets when it loads the same file with `gguf_file=`. `gguf_tokenizer` builds the tokenizer from the
+file's metadata with `tokenizers` and transformers' torch-free GGUF converter.
 """
 
 import importlib.util
@@ -34,6 +35,30 @@ _LAYER_NAMES = {
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+# GGUF tokenizer keys -> the names transformers' `convert_gguf_tokenizer` reads.
+_CONVERTER_KEYS = {
+    "tokenizer.ggml.model": "tokenizer_type",
+    "tokenizer.ggml.pre": "pre_tokenizer_type",
+    "tokenizer.ggml.tokens": "tokens",
+    "tokenizer.ggml.token_type": "token_type",
+    "tokenizer.ggml.merges": "merges",
+}
+_SPECIAL_TOKEN_KEYS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+}
+_TOKENIZER_CONFIG_KEYS = {
+    "chat_template": "tokenizer.chat_template",
+    "add_bos_token": "tokenizer.ggml.add_bos_token",
+    "add_eos_token": "tokenizer.ggml.add_eos_token",
+}
+# `tokenizer.ggml.pre` values transformers tokenizes with GPT-2's own ByteLevel regex (no entry in
+# its GGUF_PRE_TOKENIZER_SPLITS). llama.cpp also splits digits one by one for 'smollm'; transformers
+# does not, and we follow transformers.
+_GPT2_SPLIT_PRES = ("gpt-2", "smollm")
 
 
 def smollm2_gguf_path() -> str | None:
@@ -71,21 +96,81 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def gguf_tokenizer(path):
-    """Build a transformers tokenizer from the tokenizer metadata of a GGUF file.
+    """Build a transformers fast tokenizer from the tokenizer metadata of a GGUF file, without torch.
 
-    Calls `AutoTokenizer.from_pretrained(dirname, gguf_file=basename)`. Needs torch: in
-    transformers 5.x the GGUF metadata reader (`transformers.integrations.gguf.reader`)
-    imports torch, so without torch this raises ImportError.
+    The `tokenizer.*` metadata is read with `gguf.GGUFReader` and the `tokenizers.Tokenizer` is
+    built by transformers' torch-free GGUF converter (`convert_gguf_tokenizer`), so the result
+    matches `AutoTokenizer.from_pretrained(dirname, gguf_file=basename)`: same vocabulary, special
+    tokens, `chat_template` and add-bos/eos flags. Only byte-level BPE (`tokenizer.ggml.model` =
+    'gpt2') with a known `tokenizer.ggml.pre` is supported; anything else raises
+    `UnsupportedModelError` naming the file and the value. A missing or malformed file raises
+    `CheckpointError`.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"GGUF file not found: {path}")
-    if importlib.util.find_spec("torch") is None:
-        raise ImportError(f"gguf_tokenizer({path}) needs torch: transformers' GGUF reader imports it")
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    directory, name = os.path.split(os.path.abspath(path))
-    return AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    path = os.fspath(path)
+    fields = _tokenizer_fields(_open_reader(path))
+    tokens = _required(fields, "tokenizer.ggml.tokens", path)
+    backend = _backend_tokenizer(fields, path)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **_tokenizer_kwargs(fields, tokens, path))
+
+
+def _tokenizer_fields(reader) -> dict:
+    """Return `general.architecture` and the `tokenizer.*` metadata as plain values, each parsed once."""
+    wanted = (key for key in reader.fields if key.startswith("tokenizer.") or key == "general.architecture")
+    return {key: reader.fields[key].contents() for key in wanted}
+
+
+def _backend_tokenizer(fields: dict, path: str):
+    """Build the `tokenizers.Tokenizer` with transformers' GGUF converter (it needs no torch)."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+
+    _check_tokenizer_kind(fields, path)
+    _required(fields, "tokenizer.ggml.merges", path)  # byte-level BPE cannot be rebuilt without them
+    tokenizer_dict = {name: fields[key] for key, name in _CONVERTER_KEYS.items() if key in fields}
+    backend, _ = convert_gguf_tokenizer(fields.get("general.architecture"), tokenizer_dict)
+    return backend
+
+
+def _check_tokenizer_kind(fields: dict, path: str) -> None:
+    """Raise UnsupportedModelError unless the file holds byte-level BPE with a known pre-tokenizer."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    model = fields.get("tokenizer.ggml.model")
+    pre = fields.get("tokenizer.ggml.pre")
+    if model != "gpt2":
+        raise UnsupportedModelError(
+            f"{path}: tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) GGUF tokenizers "
+            "are supported"
+        )
+    if pre not in _GPT2_SPLIT_PRES and pre not in GGUF_PRE_TOKENIZER_SPLITS:
+        known = sorted({*_GPT2_SPLIT_PRES, *GGUF_PRE_TOKENIZER_SPLITS})
+        raise UnsupportedModelError(
+            f"{path}: tokenizer.ggml.pre is {pre!r}; no pre-tokenizer is known for it (known: {known})"
+        )
+
+
+def _tokenizer_kwargs(fields: dict, tokens: list[str], path: str) -> dict:
+    """Return special tokens, chat template and add-bos/eos flags as transformers' GGUF loader sets them.
+
+    Like `get_gguf_tokenizer`, the flags and the template are passed only when the file has them,
+    and a special token is None when its id is absent.
+    """
+    kwargs = {name: _special_token(fields, key, tokens, path) for name, key in _SPECIAL_TOKEN_KEYS.items()}
+    for name, key in _TOKENIZER_CONFIG_KEYS.items():
+        if key in fields:
+            kwargs[name] = fields[key]
+    return kwargs
+
+
+def _special_token(fields: dict, key: str, tokens: list[str], path: str) -> str | None:
+    """Return the token string whose id metadata `key` holds, None when absent."""
+    if key not in fields:
+        return None
+    token_id = int(fields[key])
+    if not 0 <= token_id < len(tokens):
+        raise CheckpointError(f"{path}: {key}={token_id} is outside the {len(tokens)}-token vocabulary")
+    return tokens[token_id]
 
 
 def _open_reader(path: str):
