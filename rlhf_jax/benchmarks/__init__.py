@@ -1,0 +1,1 @@
+"""Benchmarks, run as scripts (``python -m rlhf_jax.benchmarks.<name>``); not tests."""

@@ -1,0 +1,348 @@
+"""Decode throughput: our JAX sampler against transformers' ``generate``, with a roofline.
+
+What it measures: greedy decoding tokens/s of :func:`rlhf_jax.generate.sample`
+and of ``transformers`` ``model.generate`` on the same float32 weights, for each
+model and batch size, plus how close ours comes to a roofline measured on the
+same machine in the same run.
+
+How:
+
+- Models. ``tiny``: a random-weight transformers model from the ``tiny-llama``
+  preset, saved with ``save_pretrained`` and loaded into ours with
+  ``load_pretrained``. ``smollm2-135m``: the real SmolLM2-135M-Instruct GGUF
+  (Q4_1, dequantized to float32 by both sides); if the file is absent, a
+  random-weight model of the ``llama-135m`` preset stands in and the table says so.
+- Cases. Random prompt ids (no padding) of ``--prompt-len`` tokens, exactly
+  ``--new-tokens`` new tokens per row (EOS disabled on both sides: ``eos_id=None``
+  for ours, ``eos_token_id=None`` for transformers), greedy. transformers runs with
+  ``use_cache=True`` (its default dynamic KV cache), ``do_sample=False`` and
+  ``sdpa`` attention. ``torch.set_num_threads`` is the number of usable cores
+  (``--threads`` overrides it); XLA's CPU backend uses all of them by default.
+- Timing. One warm-up call (JAX compilation happens there and is excluded), then
+  ``--repeats`` timed calls; the median is reported. JAX results are waited for
+  with ``jax.block_until_ready``. tokens/s = batch × new_tokens / seconds, prefill
+  included. ``greedy-agreement`` is the fraction of positions where both
+  frameworks chose the same token (a sanity column: ~1.0 in float32; once one
+  near-tie flips, the rest of that row usually differs).
+- Roofline. Memory bandwidth = a jitted float32 sum over a 512 MiB array
+  (bytes / s); matmul rate = a jitted 2048 × 2048 float32 matmul (FLOP/s); both the
+  median of several runs. Per decode step at batch ``b`` and mean cache length
+  ``S = prompt_len + new_tokens / 2``: bytes = weight bytes (the LM head always;
+  the token embedding only when it is the tied LM head — an untied embedding
+  lookup reads just ``b`` rows) + KV cache reads ``2 · layers · b · S · kv_heads ·
+  head_dim · 4``; FLOPs = ``2 · b · (non-embedding matmul params + vocab · hidden)``
+  + ``4 · b · layers · heads · head_dim · S``. Step time = max(bytes / bandwidth,
+  FLOPs / matmul rate), the larger term names the bound; roofline tokens/s =
+  ``b`` / step time.
+
+Run (on a quiet machine; ``--quick`` is a smoke run with batches 1,4, 8 new
+tokens and 1 repeat)::
+
+    python -m rlhf_jax.benchmarks.decode --models tiny,smollm2-135m \\
+        --batches 1,16,64 --prompt-len 32 --new-tokens 64 --repeats 3 [--json out.json]
+
+Caveats: CPU numbers are noisy when other processes share the cores, and
+torch's OpenMP threads suffer most: with 2 threads on 2 cores while another
+process keeps one core busy, ``generate`` ran ~20× slower than with 1 thread.
+The header prints the load average; rerun with ``--threads 1`` to check. The
+roofline ignores prefill (the timed calls include it), activations, and the
+sampler's own work (argmax, log-softmax over the vocabulary). Our sampler
+attends over all ``prompt_len + new_tokens`` cache slots every step (masked),
+so it reads more KV cache than the mean-``S`` roofline assumes. The 2048²
+matmul rate is optimistic for the skinny decode GEMMs at small batch, and a
+sum is one of several ways to measure bandwidth. Tokens/s of the ``tiny`` model
+measure per-step overhead, not arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from rlhf_jax.generate import sample
+from rlhf_jax.models import load_pretrained
+from rlhf_jax.models.gguf_import import smollm2_gguf_path
+from rlhf_jax.models.presets import preset_config
+
+MODEL_NAMES = ("tiny", "smollm2-135m")
+BANDWIDTH_BYTES = 512 * 1024 * 1024
+MATMUL_SIZE = 2048
+FLOAT32_BYTES = 4
+COLUMNS = ("model", "batch", "ours tok/s", "transformers tok/s", "speed-up", "roofline tok/s",
+           "ours/roofline", "bound", "greedy-agreement")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options; ``--quick`` overrides batches, new tokens and repeats."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the number of usable cores)")
+    parser.add_argument("--json", default=None, help="write the rows (and environment) here")
+    parser.add_argument("--quick", action="store_true", help="batches 1,4; 8 new tokens; 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.new_tokens, args.repeats = "1,4", 8, 1
+    args.models = [m for m in args.models.split(",") if m]
+    args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.threads = args.threads or num_cores()
+    unknown = set(args.models) - set(MODEL_NAMES)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; known: {list(MODEL_NAMES)}")
+    return args
+
+
+def num_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (call it once before, to warm up)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- roofline -----------------------------------------------------------------------------
+
+
+def measure_bandwidth(repeats: int = 5) -> float:
+    """Memory read bandwidth in bytes/s: a jitted sum over a 512 MiB float32 array."""
+    x = jnp.ones((BANDWIDTH_BYTES // FLOAT32_BYTES,), jnp.float32)
+    reduce = jax.jit(jnp.sum)
+    run = lambda: jax.block_until_ready(reduce(x))
+    run()
+    seconds = median_seconds(run, repeats)
+    del x
+    return BANDWIDTH_BYTES / seconds
+
+
+def measure_matmul_rate(repeats: int = 5) -> float:
+    """float32 matmul rate in FLOP/s: a jitted 2048 × 2048 by 2048 × 2048 product."""
+    a = jnp.ones((MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    run = lambda: jax.block_until_ready(matmul(a, a))
+    run()
+    return 2 * MATMUL_SIZE ** 3 / median_seconds(run, repeats)
+
+
+def layer_matmul_params(cfg) -> int:
+    """Matmul weights of one block (attention projections and MLP), biases excluded."""
+    q_out, kv_out = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    attention = cfg.hidden_size * (2 * q_out + 2 * kv_out)
+    mlp = (3 if cfg.mlp == "gated" else 2) * cfg.hidden_size * cfg.intermediate_size
+    return attention + mlp
+
+
+def weight_bytes_per_step(params, cfg) -> int:
+    """Parameter bytes one decode step reads: all of them, less an untied embedding table."""
+    total = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
+    if cfg.tie_word_embeddings:
+        return total
+    return total - cfg.vocab_size * cfg.hidden_size * jnp.dtype(cfg.param_dtype).itemsize
+
+
+def decode_step_cost(params, cfg, batch: int, cache_len: float) -> tuple:
+    """``(bytes, flops)`` of one decode step at ``batch`` rows and ``cache_len`` cached tokens."""
+    kv_bytes = 2 * cfg.num_layers * batch * cache_len * cfg.num_kv_heads * cfg.head_dim \
+        * jnp.dtype(cfg.compute_dtype).itemsize
+    matmul_params = cfg.num_layers * layer_matmul_params(cfg) + cfg.vocab_size * cfg.hidden_size
+    attention_flops = 4 * batch * cfg.num_layers * cfg.num_heads * cfg.head_dim * cache_len
+    step_flops = 2 * batch * matmul_params + attention_flops
+    return weight_bytes_per_step(params, cfg) + kv_bytes, step_flops
+
+
+def roofline(params, cfg, batch: int, cache_len: float, bandwidth: float, flop_rate: float):
+    """``(tokens/s, "memory" | "compute")`` of a decode step at the measured machine limits."""
+    step_bytes, step_flops = decode_step_cost(params, cfg, batch, cache_len)
+    memory_s, compute_s = step_bytes / bandwidth, step_flops / flop_rate
+    return batch / max(memory_s, compute_s), "memory" if memory_s >= compute_s else "compute"
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def random_torch_model(hf_config: dict, seed: int = 0):
+    """A float32 transformers model (sdpa attention) with weights large enough to matter.
+
+    Matrices ~ N(0, 1/fan_in), norm weights ~ 1 + N(0, 0.1²): logits spread over
+    several units, so greedy decoding is not a sequence of near-ties.
+    """
+    torch.manual_seed(seed)
+    config = transformers.AutoConfig.for_model(**hf_config)
+    model = transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation="sdpa", dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.1 if p.ndim == 1 else 1.0 / np.sqrt(p.shape[-1])
+            base = 1.0 if name.endswith("norm.weight") else 0.0
+            p.copy_(base + scale * torch.randn_like(p))
+    return model
+
+
+def random_models(preset: str) -> tuple:
+    """``(ours, params, hf_model)`` sharing one random-weight checkpoint of ``preset``."""
+    hf_model = random_torch_model(preset_config(preset))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model.save_pretrained(tmp)
+        model, params = load_pretrained(tmp, dtype="float32")
+    return model, params, hf_model
+
+
+def gguf_models(path: str) -> tuple:
+    """``(ours, params, hf_model)`` both loaded from the GGUF file at ``path`` in float32."""
+    model, params = load_pretrained(path, dtype="float32")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32,
+        attn_implementation="sdpa").eval()
+    return model, params, hf_model
+
+
+def load_models(name: str) -> tuple:
+    """``(label, ours, params, hf_model)`` for a benchmark model name."""
+    if name == "tiny":
+        return ("tiny (random tiny-llama)",) + random_models("tiny-llama")
+    path = smollm2_gguf_path()
+    if path is None:
+        return ("llama-135m (random; SmolLM2 GGUF absent)",) + random_models("llama-135m")
+    return ("smollm2-135m (GGUF Q4_1→f32)",) + gguf_models(path)
+
+
+# --- one case ---------------------------------------------------------------------------------
+
+
+def ours_generate(model, params, prompt_ids: np.ndarray, new_tokens: int):
+    """A call that greedily decodes ``new_tokens`` with our sampler and returns numpy tokens."""
+    ids = jnp.asarray(prompt_ids)
+    mask = jnp.ones_like(ids)
+    key = jax.random.PRNGKey(0)
+
+    def run():
+        out = sample(model, params, ids, mask, key, max_new_tokens=new_tokens, temperature=0.0,
+                     top_k=0, top_p=1.0, eos_id=None, pad_id=0)
+        return np.asarray(jax.block_until_ready(out.tokens))
+    return run
+
+
+def hf_generate(hf_model, prompt_ids: np.ndarray, new_tokens: int):
+    """A call that greedily decodes ``new_tokens`` with transformers and returns numpy tokens."""
+    ids = torch.from_numpy(prompt_ids.astype(np.int64))
+    mask = torch.ones_like(ids)
+
+    def run():
+        with torch.inference_mode():
+            out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                    do_sample=False, use_cache=True, eos_token_id=None,
+                                    pad_token_id=0)
+        return out[:, ids.shape[1]:].numpy()
+    return run
+
+
+def timed(run, repeats: int) -> tuple:
+    """``(median seconds, tokens)``: one warm-up call, then ``repeats`` timed calls."""
+    tokens = run()
+    return median_seconds(run, repeats), tokens
+
+
+def run_case(label, model, params, hf_model, batch: int, args, limits: tuple) -> dict:
+    """One table row: both frameworks on the same random prompts of ``batch`` rows."""
+    rng = np.random.default_rng(batch)
+    prompt = rng.integers(3, model.config.vocab_size, (batch, args.prompt_len), dtype=np.int32)
+    ours_s, ours_tokens = timed(ours_generate(model, params, prompt, args.new_tokens), args.repeats)
+    hf_s, hf_tokens = timed(hf_generate(hf_model, prompt, args.new_tokens), args.repeats)
+    if hf_tokens.shape != ours_tokens.shape:
+        raise RuntimeError(f"transformers returned {hf_tokens.shape}, ours {ours_tokens.shape}")
+    generated = batch * args.new_tokens
+    roof_tps, bound = roofline(params, model.config, batch, args.prompt_len + args.new_tokens / 2,
+                               *limits)
+    return {"model": label, "batch": batch, "ours_tok_s": generated / ours_s,
+            "transformers_tok_s": generated / hf_s, "speedup": hf_s / ours_s,
+            "roofline_tok_s": roof_tps, "ours_over_roofline": generated / ours_s / roof_tps,
+            "bound": bound, "greedy_agreement": float(np.mean(ours_tokens == hf_tokens)),
+            "ours_s": ours_s, "transformers_s": hf_s}
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def format_row(row: dict) -> str:
+    """One Markdown table line."""
+    cells = (row["model"], str(row["batch"]), f"{row['ours_tok_s']:.1f}",
+             f"{row['transformers_tok_s']:.1f}", f"{row['speedup']:.2f}×",
+             f"{row['roofline_tok_s']:.1f}", f"{row['ours_over_roofline']:.3f}", row["bound"],
+             f"{row['greedy_agreement']:.3f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_table(rows: list) -> str:
+    """The Markdown table of all rows."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(lines + [format_row(row) for row in rows])
+
+
+def environment(args, bandwidth: float, flop_rate: float) -> dict:
+    """Versions, cores, measured limits and the case settings."""
+    return {"jax": jax.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "cores": num_cores(),
+            "torch_threads": args.threads, "load_average_1min": os.getloadavg()[0],
+            "jax_backend": jax.default_backend(), "bandwidth_GB_s": bandwidth / 1e9,
+            "matmul_GFLOP_s": flop_rate / 1e9, "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens, "repeats": args.repeats,
+            "transformers_setup": "generate(do_sample=False, use_cache=True), sdpa attention"}
+
+
+def format_header(env: dict) -> str:
+    """The lines printed above the table."""
+    return "\n".join([
+        f"jax {env['jax']} ({env['jax_backend']}), torch {env['torch']}, transformers "
+        f"{env['transformers']}, {env['cores']} cores, torch threads {env['torch_threads']}, "
+        f"1-min load average at start {env['load_average_1min']:.2f}",
+        f"measured: memory bandwidth {env['bandwidth_GB_s']:.1f} GB/s (jitted f32 sum, 512 MiB), "
+        f"matmul {env['matmul_GFLOP_s']:.1f} GFLOP/s (jitted f32 {MATMUL_SIZE}²)",
+        f"cases: greedy, float32, prompt {env['prompt_len']} random ids, {env['new_tokens']} new "
+        f"tokens (EOS off), median of {env['repeats']} after 1 warm-up; transformers "
+        f"{env['transformers_setup']}", ""])
+
+
+def main(argv=None) -> list:
+    """Run every (model, batch) case, print the header and table, optionally write JSON."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    limits = (measure_bandwidth(), measure_matmul_rate())
+    env = environment(args, *limits)
+    print(format_header(env), flush=True)
+    rows = []
+    for name in args.models:
+        label, model, params, hf_model = load_models(name)
+        for batch in args.batches:
+            rows.append(run_case(label, model, params, hf_model, batch, args, limits))
+            print(format_row(rows[-1]), file=sys.stderr, flush=True)
+        del model, params, hf_model
+    print("\n" + format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
