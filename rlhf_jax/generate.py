@@ -25,7 +25,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.transformer import KVCache
+from rlhf_jax.models.transformer import KVCache, unstack_layers
 
 _NEG_INF = -1e30
 
@@ -84,14 +84,32 @@ def _choose(logits_bv, key, greedy: bool):
     return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
 
 
+def decoding_view(model, params):
+    """The same model with its layers unrolled (``scan_layers=False``) and params to match.
+
+    Decoding reads every weight once per token; with stacked (scanned) layers
+    XLA slices each layer's weights out of the stack on every step, which on
+    CPU is a full copy. Unstacking once per ``sample`` call (inside ``jit``,
+    before the loop) removes that; the price is a second copy of the layer
+    weights while sampling and a compile time that grows with depth.
+    """
+    cfg = model.config
+    if not cfg.scan_layers:
+        return model, params
+    return model.clone(config=cfg.replace(scan_layers=False)), unstack_layers(params, cfg.num_layers)
+
+
 def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           eos_id: Optional[Union[int, Sequence[int]]] = None, pad_id: int = 0) -> SampleOutput:
+           eos_id: Optional[Union[int, Sequence[int]]] = None, pad_id: int = 0,
+           unroll_layers: bool = True) -> SampleOutput:
     """Sample up to ``max_new_tokens`` per row from ``model`` (a ``CausalLM``).
 
     ``prompt_ids``/``prompt_mask``: ``[batch, prompt_len]``, left-padded.
     ``temperature == 0`` is greedy. ``top_k == 0`` and ``top_p == 1`` disable
     those filters. ``eos_id`` may be one id or several; ``None`` never stops early.
+    ``unroll_layers`` decodes with :func:`decoding_view` (faster; pass ``False``
+    when a second copy of the weights does not fit in memory).
     The same ``key`` gives the same output. Compiled once per (model, shapes,
     ``max_new_tokens``, ``top_k``, greedy-or-not, top-p-or-not, EOS ids);
     temperature and the top-p value are traced.
@@ -109,13 +127,16 @@ def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
         model, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key,
         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), max_new_tokens=max_new_tokens,
         top_k=top_k, greedy=temperature == 0, use_top_p=top_p < 1.0, eos_ids=eos_ids,
-        pad_id=pad_id)
+        pad_id=pad_id, unroll_layers=unroll_layers)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "max_new_tokens", "top_k", "greedy", "use_top_p", "eos_ids", "pad_id"))
+    "model", "max_new_tokens", "top_k", "greedy", "use_top_p", "eos_ids", "pad_id",
+    "unroll_layers"))
 def _sample_jitted(model, params, prompt_ids, prompt_mask, key, temperature, top_p, *,
-                   max_new_tokens, top_k, greedy, use_top_p, eos_ids, pad_id):
+                   max_new_tokens, top_k, greedy, use_top_p, eos_ids, pad_id, unroll_layers):
+    if unroll_layers:
+        model, params = decoding_view(model, params)
     b, p = prompt_ids.shape
     variables = {"params": params}
     cache = model.init_cache(b, p + max_new_tokens)

@@ -136,3 +136,15 @@ def test_bad_arguments_raise(models):
     with pytest.raises(ValueError, match="prompt_mask"):
         sample(models["model"], models["params"], jnp.asarray(models["ids"]),
                jnp.asarray(models["mask"][:, 1:]), jax.random.key(0), max_new_tokens=2)
+
+
+def test_unrolled_and_scanned_decoding_agree(models):
+    from rlhf_jax.models.transformer import stack_layers, unstack_layers
+    a = _sample(models, key=3, temperature=1.0, unroll_layers=True)
+    b = _sample(models, key=3, temperature=1.0, unroll_layers=False)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    n = models["model"].config.num_layers
+    back = stack_layers(unstack_layers(models["params"], n), n)
+    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(models["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -25,7 +25,12 @@ class DecoderConfig:
 
     Frozen and hashable, so a module built from it can be a static argument of
     ``jax.jit``. ``rope_scaling`` is a sorted tuple of ``(key, value)`` pairs
-    (the HF dict made hashable), or ``None``.
+    (the HF dict made hashable), or ``None``. ``scan_layers=True`` runs the
+    layers as one ``nn.scan`` over parameters stacked on a leading ``layers``
+    axis (compile time independent of depth: training); ``False`` unrolls them
+    with one parameter subtree per layer, ``layers_0`` … (no per-step weight
+    slicing: decoding). :func:`rlhf_jax.models.transformer.unstack_layers`
+    converts between the two.
     """
 
     family: str
@@ -54,6 +59,7 @@ class DecoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    scan_layers: bool = True
 
     def __post_init__(self):
         _check_choice("norm", self.norm, NORMS)

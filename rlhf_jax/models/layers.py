@@ -101,7 +101,7 @@ class Attention(nn.Module):
     """Causal grouped-query attention ``softmax(q kᵀ / √d + mask) v`` with an optional KV cache.
 
     ``layer_kv`` is ``None`` (no cache: keys are this call's tokens) or a pair
-    ``(k_bskd, v_bskd)`` of cache slots; this call's keys and values are written
+    ``(k_bksd, v_bksd)`` of cache slots; this call's keys and values are written
     at slot ``cache_index`` and the updated pair is returned. ``key_mask_bs``
     marks the key slots that hold real tokens (padding excluded).
     """
@@ -117,9 +117,9 @@ class Attention(nn.Module):
         wk = _param(self, "k_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wv = _param(self, "v_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wo = _param(self, "o_proj", ("heads", "head_dim", "embed"), (h, d, e))
-        q = jnp.einsum("bte,ehd->bthd", x_bte, wq.astype(dt))
-        key = jnp.einsum("bte,ekd->btkd", x_bte, wk.astype(dt))
-        val = jnp.einsum("bte,ekd->btkd", x_bte, wv.astype(dt))
+        q = _project_to_heads(x_bte, wq.astype(dt))
+        key = _project_to_heads(x_bte, wk.astype(dt))
+        val = _project_to_heads(x_bte, wv.astype(dt))
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + _param(self, "q_bias", ("heads", "head_dim"), (h, d), zeros).astype(dt)
@@ -132,39 +132,61 @@ class Attention(nn.Module):
         q = _constrain(q, ("batch", "length", "act_heads", "head_dim"))
 
         t = x_bte.shape[1]
+        key_bksd = jnp.swapaxes(key, 1, 2)  # cache layout: slots next to head_dim
+        val_bksd = jnp.swapaxes(val, 1, 2)
         if layer_kv is None:
-            keys, values = key, val
+            keys, values = key_bksd, val_bksd
             query_slots = jnp.arange(t)
         else:
             k_cache, v_cache = layer_kv
-            start = (0, cache_index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(k_cache, key.astype(k_cache.dtype), start)
-            values = jax.lax.dynamic_update_slice(v_cache, val.astype(v_cache.dtype), start)
-            keys = _constrain(keys, ("batch", "cache_length", "act_kv_heads", "head_dim"))
-            values = _constrain(values, ("batch", "cache_length", "act_kv_heads", "head_dim"))
+            start = (0, 0, cache_index, 0)
+            keys = jax.lax.dynamic_update_slice(k_cache, key_bksd.astype(k_cache.dtype), start)
+            values = jax.lax.dynamic_update_slice(v_cache, val_bksd.astype(v_cache.dtype), start)
+            keys = _constrain(keys, ("batch", "act_kv_heads", "cache_length", "head_dim"))
+            values = _constrain(values, ("batch", "act_kv_heads", "cache_length", "head_dim"))
             layer_kv = (keys, values)
             query_slots = cache_index + jnp.arange(t)
-        out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots, k)
+        out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
-        y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
+        b, t = out.shape[:2]
+        y = jnp.dot(out.reshape(b, t, h * d), wo.astype(dt).reshape(h * d, e))
         if cfg.out_bias:
             y = y + _param(self, "o_bias", ("embed",), (e,), nn.initializers.zeros).astype(dt)
         return y, layer_kv
 
 
-def _attend(q_bthd, k_bskd, v_bskd, key_mask_bs, query_slots_t, num_kv_heads):
-    """Masked softmax attention; scores and softmax in float32."""
+def _project_to_heads(x_bte, w_ehd):
+    """``x · W`` with ``W: [e, h, d]`` run as one 2-D matmul ``[e, h·d]`` (a free reshape).
+
+    Multi-axis einsums make XLA:CPU transpose the weight on every call; the 2-D
+    form keeps the weight in place.
+    """
+    e, h, d = w_ehd.shape
+    b, t, _ = x_bte.shape
+    return jnp.dot(x_bte, w_ehd.reshape(e, h * d)).reshape(b, t, h, d)
+
+
+def _attend(q_bthd, k_bksd, v_bksd, key_mask_bs, query_slots_t):
+    """Masked softmax attention; scores and softmax in float32.
+
+    Keys and values are ``[batch, kv_heads, slots, head_dim]`` (the cache
+    layout), so both products are plain batched matmuls over ``(b, k)``; the
+    ``g`` query heads of a kv head and the ``t`` query positions share one
+    matmul row block.
+    """
     b, t, h, d = q_bthd.shape
-    s = k_bskd.shape[1]
-    q_btkgd = q_bthd.reshape(b, t, num_kv_heads, h // num_kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd,
+    k, s = k_bksd.shape[1], k_bksd.shape[2]
+    g = h // k
+    q_bkqd = q_bthd.reshape(b, t, k, g, d).transpose(0, 2, 1, 3, 4).reshape(b, k, t * g, d)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q_bkqd, k_bksd,
                         preferred_element_type=jnp.float32) / math.sqrt(d)
     causal_ts = jnp.arange(s)[None, :] <= query_slots_t[:, None]
-    allowed = causal_ts[None, None, None] & key_mask_bs.astype(bool)[:, None, None, None, :]
+    allowed_tgs = jnp.repeat(causal_ts, g, axis=0)  # rows ordered (t, g)
+    allowed = allowed_tgs[None, None] & key_mask_bs.astype(bool)[:, None, None, :]
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
-    return out.reshape(b, t, h, d)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bksd.dtype)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_bksd)
+    return out.reshape(b, k, t, g, d).transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
 
 
 _ACTIVATIONS = {

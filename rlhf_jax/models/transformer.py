@@ -28,9 +28,12 @@ from rlhf_jax.models.layers import Block, Norm, _constrain, _param
 class KVCache:
     """Keys and values of every layer for ``max_length`` slots, all on device.
 
-    ``k``/``v``: ``[layers, batch, slots, kv_heads, head_dim]``; ``mask``:
-    ``[batch, slots]``, 1 where a slot holds a real token; ``index``: the next
-    slot to write.
+    ``k``/``v``: ``[layers, batch, kv_heads, slots, head_dim]`` for a scanned
+    model, or a tuple of ``num_layers`` arrays ``[batch, kv_heads, slots,
+    head_dim]`` for an unrolled one (``scan_layers=False``), so that no layer's
+    cache is sliced out of or stacked into a bigger array on each step.
+    ``mask``: ``[batch, slots]``, 1 where a slot holds a real token; ``index``:
+    the next slot to write.
     """
 
     k: jax.Array
@@ -41,8 +44,12 @@ class KVCache:
     @classmethod
     def zeros(cls, config: DecoderConfig, batch_size: int, max_length: int, dtype=None):
         dtype = dtype or config.compute_dtype
-        shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+        if config.scan_layers:
+            k = v = jnp.zeros((config.num_layers, *shape), dtype)
+        else:
+            k = v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        return cls(k=k, v=v,
                    mask=jnp.zeros((batch_size, max_length), jnp.int32),
                    index=jnp.zeros((), jnp.int32))
 
@@ -88,12 +95,27 @@ class Decoder(nn.Module):
                     nn.initializers.normal(0.01), ("position", "embed")))
         block = Block
         if cfg.remat != "none":
-            block = nn.remat(Block, prevent_cse=False, policy=_remat_policy(cfg.remat))
-        self.layers = nn.scan(
-            block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+            block = nn.remat(Block, prevent_cse=not cfg.scan_layers, policy=_remat_policy(cfg.remat))
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+        else:
+            self.blocks = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.norm = Norm(cfg)
+
+    def _run_layers(self, x, positions_bt, key_mask_bs, cache_index, layer_kv):
+        if self.config.scan_layers:
+            return self.layers(x, positions_bt, key_mask_bs, cache_index, layer_kv)
+        new_k, new_v = [], []
+        for i, blk in enumerate(self.blocks):
+            kv_i = None if layer_kv is None else (layer_kv[0][i], layer_kv[1][i])
+            x, kv_i = blk(x, positions_bt, key_mask_bs, cache_index, kv_i)
+            if kv_i is not None:
+                new_k.append(kv_i[0])
+                new_v.append(kv_i[1])
+        return x, (None if layer_kv is None else (tuple(new_k), tuple(new_v)))
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None,
                  cache: Optional[KVCache] = None):
@@ -113,11 +135,32 @@ class Decoder(nn.Module):
         if self.config.position == "learned":
             x = x + self.embed_positions(positions_bt)
         x = _constrain(x, ("batch", "length", "act_embed"))
-        x, layer_kv = self.layers(x, positions_bt, key_mask_bs, cache_index, layer_kv)
+        x, layer_kv = self._run_layers(x, positions_bt, key_mask_bs, cache_index, layer_kv)
         x = self.norm(x)
         if cache is not None:
             cache = KVCache(k=layer_kv[0], v=layer_kv[1], mask=key_mask_bs, index=cache.index + t)
         return x, cache
+
+
+def unstack_layers(params, num_layers: int):
+    """Stacked ``layers`` params (``scan_layers=True``) → ``layers_0 … layers_{n-1}`` subtrees.
+
+    Works on any params dict whose decoder sits under ``"model"``. Inside ``jit``
+    the slices are taken once, outside any decode loop.
+    """
+    model = dict(params["model"])
+    stacked = model.pop("layers")
+    for i in range(num_layers):
+        model[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return {**params, "model": model}
+
+
+def stack_layers(params, num_layers: int):
+    """Inverse of :func:`unstack_layers`."""
+    model = dict(params["model"])
+    per_layer = [model.pop(f"layers_{i}") for i in range(num_layers)]
+    model["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    return {**params, "model": model}
 
 
 class LMHead(nn.Module):
