@@ -160,11 +160,14 @@ def measure_decode_gemm_rate(cfg, batch: int, repeats: int = 5) -> float:
     rate a decode step's MLP can actually reach at this batch size.
     """
     x = jnp.ones((batch, cfg.hidden_size), jnp.float32)
-    w = jnp.ones((cfg.num_layers, cfg.hidden_size, cfg.intermediate_size), jnp.float32) * 1e-3
-    chain = jax.jit(lambda x, w: sum(x @ w[i] for i in range(w.shape[0])))
-    run = lambda: jax.block_until_ready(chain(x, w))
+    keys = jax.random.split(jax.random.key(0), cfg.num_layers)
+    # One array per layer, as the sampler's unrolled decoding sees them (slicing a
+    # stacked array inside jit would copy it and measure the copy instead).
+    ws = [jax.random.normal(k, (cfg.hidden_size, cfg.intermediate_size)) for k in keys]
+    chain = jax.jit(lambda x, ws: sum(x @ w for w in ws))
+    run = lambda: jax.block_until_ready(chain(x, ws))
     run()
-    return 2 * batch * w.size / median_seconds(run, repeats)
+    return 2 * batch * sum(w.size for w in ws) / median_seconds(run, repeats)
 
 
 def layer_matmul_params(cfg) -> int:
