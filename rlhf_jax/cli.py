@@ -33,18 +33,12 @@ def resolve_model_path(name: str) -> str:
 
 def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool, pad_id: int, bucket: int):
     """Left-padded ``(ids, mask)`` numpy arrays, width rounded up to a multiple of ``bucket``."""
-    import numpy as np
+    from rlhf_jax.generate import left_pad
     if chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
     encoded = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in prompts]
-    width = -(-max(len(e) for e in encoded) // bucket) * bucket
-    ids = np.full((len(encoded), width), pad_id, np.int32)
-    mask = np.zeros_like(ids)
-    for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens):] = tokens
-        mask[row, width - len(tokens):] = 1
-    return ids, mask
+    return left_pad(encoded, pad_id, bucket)
 
 
 def cmd_generate(args) -> int:

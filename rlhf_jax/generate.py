@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Union
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_jax.models.transformer import KVCache, unstack_layers
 
@@ -57,6 +58,23 @@ class _DecodeState:
     next_logits: jax.Array
     cache: KVCache
     key: jax.Array
+
+
+def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, bucket: int = 1) -> tuple:
+    """Left-padded ``(ids, mask)`` int32 numpy arrays ``[batch, width]``.
+
+    ``width`` is the longest list rounded up to a multiple of ``bucket``, so
+    prompts of nearby lengths share one compiled sampler.
+    """
+    longest = max(len(tokens) for tokens in token_lists)
+    width = -(-longest // bucket) * bucket
+    ids = np.full((len(token_lists), width), pad_id, np.int32)
+    mask = np.zeros((len(token_lists), width), np.int32)
+    for row, tokens in enumerate(token_lists):
+        if len(tokens):
+            ids[row, width - len(tokens):] = tokens
+            mask[row, width - len(tokens):] = 1
+    return ids, mask
 
 
 def process_logits(logits_bv, temperature, *, greedy: bool, top_k: int, use_top_p: bool, top_p):
@@ -122,7 +140,13 @@ def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
     if not 0.0 < top_p <= 1.0 or top_k < 0 or temperature < 0:
         raise ValueError(f"need temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1; got {temperature}, "
                          f"{top_k}, {top_p}")
-    eos_ids = () if eos_id is None else tuple(int(e) for e in jnp.atleast_1d(jnp.asarray(eos_id)))
+    cfg = model.config
+    if cfg.position == "learned" and prompt_ids.shape[1] + max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt length {prompt_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the "
+            f"{cfg.max_position_embeddings} learned positions of this {cfg.family} model")
+    top_k = min(top_k, cfg.vocab_size)
+    eos_ids = () if eos_id is None else tuple(int(e) for e in np.atleast_1d(eos_id))
     return _sample_jitted(
         model, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key,
         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), max_new_tokens=max_new_tokens,

@@ -1,47 +1,13 @@
-"""Helpers shared by tests: random left-padded batches and PyTorch reference models."""
+"""Helpers shared by tests: random left-padded batches and the PyTorch reference models."""
 
 import numpy as np
 
-NORM_WEIGHT_SUFFIXES = ("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")
+from rlhf_jax.generate import left_pad
+from rlhf_jax.models.torch_reference import random_torch_model as torch_model  # noqa: F401
+from rlhf_jax.models.torch_reference import torch_logits  # noqa: F401
 
 
 def left_padded_batch(rng: np.random.Generator, lengths, vocab_size: int, pad_id: int = 0,
                       low: int = 3):
     """Random token ids ``[b, max(lengths)]`` (ids ≥ ``low``) left-padded with ``pad_id``, and the mask."""
-    width = max(lengths)
-    ids = np.full((len(lengths), width), pad_id, np.int32)
-    mask = np.zeros((len(lengths), width), np.int32)
-    for row, n in enumerate(lengths):
-        ids[row, width - n:] = rng.integers(low, vocab_size, size=n)
-        mask[row, width - n:] = 1
-    return ids, mask
-
-
-def torch_model(hf_config: dict, seed: int = 0):
-    """A float32 transformers model (eager attention) with random weights large enough to matter.
-
-    Linear weights ~ N(0, 1/fan_in), norm weights ~ 1 + N(0, 0.1²), biases ~ N(0, 0.1²):
-    logits then spread over several units, so a parity test can fail.
-    """
-    import torch
-    import transformers
-    torch.manual_seed(seed)
-    config = transformers.AutoConfig.for_model(**hf_config)
-    model = transformers.AutoModelForCausalLM.from_config(
-        config, attn_implementation="eager", dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.1 if p.ndim == 1 else 1.0 / np.sqrt(p.shape[-1])
-            base = 1.0 if name.endswith(NORM_WEIGHT_SUFFIXES) else 0.0
-            p.copy_(base + scale * torch.randn_like(p))
-    return model
-
-
-def torch_logits(model, ids, mask):
-    """Reference logits with HF-style position ids ``max(cumsum(mask) − 1, 0)`` for left padding."""
-    import torch
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                    attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions))
-    return out.logits.numpy()
+    return left_pad([rng.integers(low, vocab_size, size=n) for n in lengths], pad_id)

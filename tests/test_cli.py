@@ -1,7 +1,7 @@
 """``rlhf-jax generate`` end to end on a tiny random model with a word-level tokenizer."""
 
+import shutil
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -55,6 +55,8 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
-    assert "generate" in out
+    script = shutil.which("rlhf-jax")
+    assert script, "the rlhf-jax console script is not on PATH (pip install -e .)"
+    out = subprocess.run([script, "generate", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--max-new-tokens" in out

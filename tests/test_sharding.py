@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _run(script, *args, env=None, timeout=300):
+def _run(script, *args, env=None):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **(env or {})}
     return subprocess.Popen([sys.executable, os.path.join(HERE, "multidevice", script), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -57,6 +57,11 @@ def test_params_are_really_sharded(eight_devices):
     assert eight_devices["num_devices_with_q_proj"] == 8
     assert eight_devices["embedding_spec"] == ["tensor", "fsdp"]
     assert eight_devices["embedding_shard_shape"] == [128, 32]
+
+
+def test_export_of_sharded_params_reloads_onto_the_mesh(eight_devices):
+    assert eight_devices["reload_diff"] == 0.0  # float32 out, float32 back
+    assert eight_devices["reload_q_proj_spec"] == ["None", "fsdp", "tensor", "None"]
 
 
 def test_indivisible_axis_is_replicated(eight_devices):

@@ -81,6 +81,7 @@ from rlhf_jax.generate import sample
 from rlhf_jax.models import load_pretrained
 from rlhf_jax.models.gguf_import import smollm2_gguf_path
 from rlhf_jax.models.presets import preset_config
+from rlhf_jax.models.torch_reference import random_torch_model
 
 MODEL_NAMES = ("tiny", "smollm2-135m")
 BANDWIDTH_BYTES = 512 * 1024 * 1024
@@ -206,27 +207,9 @@ def roofline(params, cfg, batch: int, cache_len: float, bandwidth: float, flop_r
 # --- models ---------------------------------------------------------------------------------
 
 
-def random_torch_model(hf_config: dict, seed: int = 0):
-    """A float32 transformers model (sdpa attention) with weights large enough to matter.
-
-    Matrices ~ N(0, 1/fan_in), norm weights ~ 1 + N(0, 0.1²): logits spread over
-    several units, so greedy decoding is not a sequence of near-ties.
-    """
-    torch.manual_seed(seed)
-    config = transformers.AutoConfig.for_model(**hf_config)
-    model = transformers.AutoModelForCausalLM.from_config(
-        config, attn_implementation="sdpa", dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.1 if p.ndim == 1 else 1.0 / np.sqrt(p.shape[-1])
-            base = 1.0 if name.endswith("norm.weight") else 0.0
-            p.copy_(base + scale * torch.randn_like(p))
-    return model
-
-
 def random_models(preset: str) -> tuple:
     """``(ours, params, hf_model)`` sharing one random-weight checkpoint of ``preset``."""
-    hf_model = random_torch_model(preset_config(preset))
+    hf_model = random_torch_model(preset_config(preset), attn_implementation="sdpa")
     with tempfile.TemporaryDirectory() as tmp:
         hf_model.save_pretrained(tmp)
         model, params = load_pretrained(tmp, dtype="float32")

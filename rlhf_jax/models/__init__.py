@@ -10,32 +10,32 @@ Public API::
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_jax.models.config import DecoderConfig
 from rlhf_jax.models.errors import CheckpointError, UnsupportedModelError
-from rlhf_jax.models.families import family_for
 from rlhf_jax.models.heads import ScalarModel
-from rlhf_jax.models.hf import (TensorSource, load_hf_directory, params_from_tensors,
-                                save_hf_directory)
+from rlhf_jax.models.hf import (TensorSource, family_from_config, load_hf_directory,
+                                params_from_tensors, save_hf_directory)
 from rlhf_jax.models.transformer import CausalLM, KVCache, ModelOutput
 
 
 def config_from_hf(hf_config: dict, source: str = "config.json") -> DecoderConfig:
     """A :class:`DecoderConfig` from an HF ``config.json`` dict (any registered family)."""
-    if "model_type" not in hf_config:
-        raise CheckpointError(f"{source}: config key 'model_type' is missing")
-    return family_for(hf_config["model_type"], source).config_from_hf(hf_config, source)
+    return family_from_config(hf_config, source).config_from_hf(hf_config, source)
 
 
-def load_pretrained(path: str, dtype="float32", param_dtype="float32") -> tuple:
+def load_pretrained(path: str, dtype="float32", param_dtype="float32", mesh=None) -> tuple:
     """Load ``(CausalLM, params)`` from an HF model directory or a ``.gguf`` file.
 
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype of the
     parameters (float32 here; bfloat16 is the usual choice on accelerators).
+    With a ``mesh`` (``rlhf_jax.sharding.make_mesh``) each parameter goes from
+    host memory straight to its shards, so no single device ever holds the
+    whole model; without one, params land on the default device.
     """
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory (expected an HF model "
@@ -45,26 +45,30 @@ def load_pretrained(path: str, dtype="float32", param_dtype="float32") -> tuple:
     else:
         cfg, params = load_hf_directory(path)
     cfg = cfg.replace(dtype=jnp.dtype(dtype).name, param_dtype=jnp.dtype(param_dtype).name)
-    params = jax.tree.map(lambda a: jnp.asarray(a, cfg.params_dtype), params)
-    return CausalLM(cfg), params
+    model = CausalLM(cfg)
+    params = jax.tree.map(lambda a: np.asarray(a, cfg.params_dtype), params)
+    if mesh is None:
+        return model, jax.device_put(params)
+    from rlhf_jax.sharding import param_shardings
+    return model, jax.device_put(params, param_shardings(model, mesh))
 
 
 def _load_gguf(path: str) -> tuple:
     from rlhf_jax.models.gguf_import import read_gguf
     hf_config, tensors = read_gguf(path)
-    cfg = config_from_hf(hf_config, path)
-    family = family_for(hf_config["model_type"], path)
+    family = family_from_config(hf_config, path)
+    cfg = family.config_from_hf(hf_config, path)
     return cfg, params_from_tensors(cfg, family, TensorSource.from_arrays(tensors, path))
 
 
 def save_pretrained(model, params, path: str, tokenizer=None) -> None:
     """Export ``params`` of ``model`` to an HF directory (config.json + model.safetensors).
 
-    Works for sharded params (they are gathered to the host). A ``tokenizer``
+    Works for sharded params, across hosts too (gathered; process 0 writes). A ``tokenizer``
     (transformers tokenizer) is saved beside the weights when given.
     """
     save_hf_directory(model.config, params, path)
-    if tokenizer is not None:
+    if tokenizer is not None and jax.process_index() == 0:
         tokenizer.save_pretrained(path)
 
 

@@ -15,8 +15,9 @@ import re
 from typing import Callable, Mapping
 
 import jax
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy: bf16 safetensors read as numpy)
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from rlhf_jax.models.config import DecoderConfig
@@ -88,8 +89,11 @@ def open_safetensors(path: str) -> TensorSource:
 
     def getter(name, file):
         def load():
-            with safe_open(file, framework="numpy") as f:
-                return f.get_tensor(name)
+            try:
+                with safe_open(file, framework="numpy") as f:
+                    return f.get_tensor(name)
+            except SafetensorError as err:
+                raise CheckpointError(f"{file}: cannot read tensor {name!r} ({err})") from err
         return load
 
     return TensorSource({n: getter(n, f) for n, f in files.items()}, files)
@@ -149,9 +153,17 @@ def _get_path(tree, path: tuple):
     return tree
 
 
+def _to_host(x) -> np.ndarray:
+    """A float32 numpy copy of ``x``, gathering shards held by other hosts when needed."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x), np.float32)
+
+
 def params_to_tensors(cfg: DecoderConfig, params) -> dict:
-    """HF-named float32 numpy tensors from a ``params`` pytree (sharded or not)."""
-    params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+    """HF-named float32 numpy tensors from a ``params`` pytree (sharded, even across hosts)."""
+    params = jax.tree.map(_to_host, params)
     out = {}
     for tmap in family_named(cfg.family).tensor_maps(cfg):
         ours = [_get_path(params, p) for p in tmap.paths]
@@ -166,23 +178,46 @@ def params_to_tensors(cfg: DecoderConfig, params) -> dict:
 def load_hf_directory(path: str) -> tuple:
     """``(DecoderConfig, params)`` from an HF model directory."""
     hf = read_config(path)
-    source = os.path.join(path, CONFIG_FILE)
-    if "model_type" not in hf:
-        raise CheckpointError(f"{source}: config key 'model_type' is missing")
-    family = family_for(hf["model_type"], source)
-    cfg = family.config_from_hf(hf, source)
+    family = family_from_config(hf, os.path.join(path, CONFIG_FILE))
+    cfg = family.config_from_hf(hf, os.path.join(path, CONFIG_FILE))
     return cfg, params_from_tensors(cfg, family, open_safetensors(path))
 
 
+def family_from_config(hf: dict, source: str) -> Family:
+    """The registered family of an HF config dict, with errors naming ``source``."""
+    if "model_type" not in hf:
+        raise CheckpointError(f"{source}: config key 'model_type' is missing")
+    return family_for(hf["model_type"], source)
+
+
 def save_hf_directory(cfg: DecoderConfig, params, path: str) -> None:
-    """Write ``config.json`` and ``model.safetensors``; each file is replaced atomically."""
+    """Write ``config.json`` and ``model.safetensors`` (float32); each file is replaced atomically.
+
+    On several hosts every process gathers the params (a collective) and process
+    0 alone writes. A sharded index left by an earlier checkpoint in ``path`` is
+    removed with its shards, so the directory holds one checkpoint.
+    """
+    tensors = params_to_tensors(cfg, params)
+    if jax.process_index() != 0:
+        return
     os.makedirs(path, exist_ok=True)
-    hf = family_named(cfg.family).config_to_hf(cfg)
-    hf["dtype"] = "float32"
+    _remove_sharded_checkpoint(path)
     _atomic_write(os.path.join(path, SAFETENSORS_FILE),
-                  lambda tmp: save_file(params_to_tensors(cfg, params), tmp, metadata={"format": "pt"}))
+                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     _atomic_write(os.path.join(path, CONFIG_FILE),
-                  lambda tmp: _write_json(tmp, hf))
+                  lambda tmp: _write_json(tmp, family_named(cfg.family).config_to_hf(cfg)))
+
+
+def _remove_sharded_checkpoint(path: str) -> None:
+    index_file = os.path.join(path, SAFETENSORS_INDEX)
+    if not os.path.isfile(index_file):
+        return
+    with open(index_file) as f:
+        shards = set((json.load(f).get("weight_map") or {}).values())
+    for shard in shards:
+        if os.path.isfile(os.path.join(path, shard)):
+            os.remove(os.path.join(path, shard))
+    os.remove(index_file)
 
 
 def _write_json(file: str, obj) -> None:

@@ -171,3 +171,17 @@ def test_missing_shard_is_named(tmp_path):
     victim.unlink()
     with pytest.raises(CheckpointError, match=f"{SAFETENSORS_INDEX}.*{victim.name}.*missing"):
         load_pretrained(str(tmp_path))
+
+
+def test_bfloat16_checkpoint_loads(tmp_path):
+    """Most released checkpoints are stored in bfloat16."""
+    reference = torch_model(preset_config("tiny-llama-tied"), seed=6).to(torch.bfloat16)
+    reference.save_pretrained(str(tmp_path))
+    model, params = load_pretrained(str(tmp_path))
+    ids, mask = left_padded_batch(np.random.default_rng(4), [6, 3], 256)
+    ours = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids),
+                                            attention_mask=jnp.asarray(mask)).logits)
+    upcast = transformers.AutoModelForCausalLM.from_pretrained(  # the bf16 values, run in float32
+        str(tmp_path), dtype=torch.float32, attn_implementation="eager").eval()
+    ref = torch_logits(upcast, ids, mask)
+    assert max_diff_on_real_tokens(ours, ref, mask) <= TOL

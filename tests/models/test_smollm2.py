@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch", reason="the transformers reference needs CP
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from rlhf_jax.generate import sample  # noqa: E402
+from rlhf_jax.generate import left_pad, sample  # noqa: E402
 from rlhf_jax.models import load_pretrained, load_tokenizer  # noqa: E402
 
 PROMPTS = [
@@ -40,12 +40,7 @@ def smollm2():
     model, params = load_pretrained(GGUF)
     tokenizer = load_tokenizer(GGUF)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    width = max(len(e) for e in encoded)
-    ids = np.full((len(encoded), width), model.config.pad_token_id, np.int32)
-    mask = np.zeros_like(ids)
-    for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens):] = tokens
-        mask[row, width - len(tokens):] = 1
+    ids, mask = left_pad(encoded, model.config.pad_token_id)
     return {"ref": reference, "model": model, "params": params, "encoded": encoded, "ids": ids,
             "mask": mask, "tokenizer": tokenizer}
 

@@ -98,7 +98,20 @@ def main(preset: str):
         "logits_spec": [str(a) for a in logits8.sharding.spec],
         "num_devices_with_q_proj": len({s.device for s in q.addressable_shards}),
         "indivisible_kv_heads_k_proj_spec": _k_proj_spec_for("llama-135m", mesh),
+        **_export_and_load_with_mesh(model, new8, mesh),
     }))
+
+
+def _export_and_load_with_mesh(model, sharded_params, mesh):
+    """Export sharded params, reload them straight onto the mesh: same values, same shardings."""
+    import tempfile
+    from rlhf_jax.models import load_pretrained, save_pretrained
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, sharded_params, tmp)
+        _, loaded = load_pretrained(tmp, mesh=mesh)
+    q = loaded["model"]["layers"]["attn"]["q_proj"]
+    return {"reload_diff": _max_leaf_diff(loaded, sharded_params),
+            "reload_q_proj_spec": [str(a) for a in q.sharding.spec]}
 
 
 def _k_proj_spec_for(preset, mesh):

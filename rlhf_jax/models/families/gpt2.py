@@ -50,7 +50,7 @@ def config_to_hf(cfg: DecoderConfig) -> dict:
         "layer_norm_epsilon": cfg.norm_eps, "activation_function": _ACTIVATIONS_TO_HF[cfg.activation],
         "tie_word_embeddings": cfg.tie_word_embeddings, "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-        "dtype": cfg.param_dtype,
+        "dtype": "float32",  # exports are written in float32
     }
 
 

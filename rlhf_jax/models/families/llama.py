@@ -84,7 +84,7 @@ def config_to_hf(cfg: DecoderConfig) -> dict:
         "attention_bias": cfg.qkv_bias, "mlp_bias": cfg.mlp_bias,
         "tie_word_embeddings": cfg.tie_word_embeddings, "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-        "dtype": cfg.param_dtype,
+        "dtype": "float32",  # exports are written in float32
     }
 
 
