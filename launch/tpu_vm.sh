@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run an rlhf-jax command on every worker of a Cloud TPU VM or pod slice.
 #   TPU_NAME=my-v5e-32 ZONE=us-west4-a launch/tpu_vm.sh generate --model /gcs-fuse/ckpt --prompt "Hi"
-# Each worker installs this checkout (copied with `gcloud ... scp`) with the `tpu` extra and runs the
+# Each worker gets the committed tree (git archive of HEAD), installs it with the `tpu` extra and runs the
 # same command. RLHF_JAX_DISTRIBUTED=auto makes rlhf_jax.sharding.initialize_distributed() call
 # jax.distributed.initialize() with no arguments: on TPU VMs JAX finds the coordinator itself.
 set -euo pipefail
@@ -10,8 +10,12 @@ PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 REMOTE_DIR=${REMOTE_DIR:-rlhf_jax}
 ARGS=$(printf '%q ' "$@")
 
-gcloud compute tpus tpu-vm scp --recurse --worker=all --zone="$ZONE" $PROJECT_FLAG \
-  "$(git rev-parse --show-toplevel)" "$TPU_NAME:~/$REMOTE_DIR"
+# Ship the committed tree only (no .git, no virtualenvs), replacing any earlier copy.
+ARCHIVE=$(mktemp --suffix=.tar.gz)
+git -C "$(git rev-parse --show-toplevel)" archive --format=tar.gz -o "$ARCHIVE" HEAD
+gcloud compute tpus tpu-vm scp --worker=all --zone="$ZONE" $PROJECT_FLAG "$ARCHIVE" "$TPU_NAME:~/rlhf_jax.tar.gz"
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all --zone="$ZONE" $PROJECT_FLAG --command="
+  rm -rf ~/$REMOTE_DIR && mkdir -p ~/$REMOTE_DIR && tar -xzf ~/rlhf_jax.tar.gz -C ~/$REMOTE_DIR"
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all --zone="$ZONE" $PROJECT_FLAG --command="
   set -e; cd ~/$REMOTE_DIR
   pip install -q -e '.[tpu]'
