@@ -45,11 +45,11 @@ def cmd_generate(args) -> int:
     import jax
     import numpy as np
 
-    from rlhf_jax.generate import sample
+    from rlhf_jax.generate import decoding_view, sample
     from rlhf_jax.models import load_pretrained, load_tokenizer
 
     path = resolve_model_path(args.model)
-    model, params = load_pretrained(path, dtype=args.dtype)
+    model, params = decoding_view(*load_pretrained(path, dtype=args.dtype))
     tokenizer = load_tokenizer(path)
     cfg = model.config
     eos = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from rlhf_jax.xla_cpu import tune_cpu_flags
+    tune_cpu_flags()  # before JAX starts its CPU backend; RLHF_JAX_CPU_TUNING=0 opts out
     from rlhf_jax.sharding import initialize_distributed
     initialize_distributed()  # a no-op unless launched on several hosts (see launch/)
     return args.func(args)
