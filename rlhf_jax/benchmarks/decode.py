@@ -18,6 +18,9 @@ How:
   ``use_cache=True`` (its default dynamic KV cache), ``do_sample=False`` and
   ``sdpa`` attention. ``torch.set_num_threads`` is the number of usable cores
   (``--threads`` overrides it); XLA's CPU backend uses all of them by default.
+- Isolation: each framework is timed in its own fresh process (``--worker``),
+  the other not even imported; in a shared process torch's OpenMP threads kept
+  spinning after ``generate`` and slowed XLA by a quarter.
 - Configuration of ours: what the ``rlhf-jax`` command runs — layers unrolled
   once at load (:func:`rlhf_jax.generate.decoding_view`) and the XLA:CPU flags
   of :mod:`rlhf_jax.xla_cpu` (``--xla-defaults`` keeps XLA's defaults instead).
@@ -78,8 +81,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
-import transformers
 
 from rlhf_jax.generate import decoding_view, sample
 from rlhf_jax.models import load_pretrained
@@ -109,6 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch threads (default: the number of usable cores)")
     parser.add_argument("--json", default=None, help="write the rows (and environment) here")
     parser.add_argument("--quick", action="store_true", help="batches 1,4; 8 new tokens; 1 repeat")
+    parser.add_argument("--worker", choices=("ours", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--xla-defaults", action="store_true",
                         help="keep XLA's CPU defaults (skip rlhf_jax.xla_cpu.tune_cpu_flags)")
     args = parser.parse_args(argv)
@@ -194,19 +198,20 @@ def weight_bytes_per_step(params, cfg) -> int:
     return total - cfg.vocab_size * cfg.hidden_size * jnp.dtype(cfg.param_dtype).itemsize
 
 
-def decode_step_cost(params, cfg, batch: int, cache_len: float) -> tuple:
+def decode_step_cost(weight_bytes: int, cfg, batch: int, cache_len: float) -> tuple:
     """``(bytes, flops)`` of one decode step at ``batch`` rows and ``cache_len`` cached tokens."""
     kv_bytes = 2 * cfg.num_layers * batch * cache_len * cfg.num_kv_heads * cfg.head_dim \
         * jnp.dtype(cfg.compute_dtype).itemsize
     matmul_params = cfg.num_layers * layer_matmul_params(cfg) + cfg.vocab_size * cfg.hidden_size
     attention_flops = 4 * batch * cfg.num_layers * cfg.num_heads * cfg.head_dim * cache_len
     step_flops = 2 * batch * matmul_params + attention_flops
-    return weight_bytes_per_step(params, cfg) + kv_bytes, step_flops
+    return weight_bytes + kv_bytes, step_flops
 
 
-def roofline(params, cfg, batch: int, cache_len: float, bandwidth: float, flop_rate: float):
+def roofline(weight_bytes: int, cfg, batch: int, cache_len: float, bandwidth: float,
+             flop_rate: float):
     """``(tokens/s, "memory" | "compute")`` of a decode step at the measured machine limits."""
-    step_bytes, step_flops = decode_step_cost(params, cfg, batch, cache_len)
+    step_bytes, step_flops = decode_step_cost(weight_bytes, cfg, batch, cache_len)
     memory_s, compute_s = step_bytes / bandwidth, step_flops / flop_rate
     return batch / max(memory_s, compute_s), "memory" if memory_s >= compute_s else "compute"
 
@@ -214,35 +219,29 @@ def roofline(params, cfg, batch: int, cache_len: float, bandwidth: float, flop_r
 # --- models ---------------------------------------------------------------------------------
 
 
-def random_models(preset: str) -> tuple:
-    """``(ours, params, hf_model)`` sharing one random-weight checkpoint of ``preset``."""
-    hf_model = random_torch_model(preset_config(preset), attn_implementation="sdpa")
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model.save_pretrained(tmp)
-        model, params = load_pretrained(tmp, dtype="float32")
-    return model, params, hf_model
+def checkpoint_for(name: str, tmp: str) -> tuple:
+    """``(label, path)`` of the checkpoint both frameworks load for benchmark model ``name``."""
+    if name == "smollm2-135m" and smollm2_gguf_path() is not None:
+        return "smollm2-135m (GGUF Q4_1→f32)", smollm2_gguf_path()
+    preset, label = {"tiny": ("tiny-llama", "tiny (random tiny-llama)"),
+                     "smollm2-135m": ("llama-135m", "llama-135m (random; SmolLM2 GGUF absent)")}[name]
+    path = os.path.join(tmp, preset)
+    random_torch_model(preset_config(preset), attn_implementation="sdpa").save_pretrained(path)
+    return label, path
 
 
-def gguf_models(path: str) -> tuple:
-    """``(ours, params, hf_model)`` both loaded from the GGUF file at ``path`` in float32."""
-    model, params = load_pretrained(path, dtype="float32")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32,
-        attn_implementation="sdpa").eval()
-    return model, params, hf_model
+def load_hf_model(path: str):
+    """transformers model (float32, sdpa attention) from an HF directory or a GGUF file."""
+    import torch
+    import transformers
+    kwargs = dict(dtype=torch.float32, attn_implementation="sdpa")
+    if path.endswith(".gguf"):
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path), **kwargs).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
 
 
-def load_models(name: str) -> tuple:
-    """``(label, ours, params, hf_model)`` for a benchmark model name."""
-    if name == "tiny":
-        return ("tiny (random tiny-llama)",) + random_models("tiny-llama")
-    path = smollm2_gguf_path()
-    if path is None:
-        return ("llama-135m (random; SmolLM2 GGUF absent)",) + random_models("llama-135m")
-    return ("smollm2-135m (GGUF Q4_1→f32)",) + gguf_models(path)
-
-
-# --- one case ---------------------------------------------------------------------------------
+# --- one framework, in its own process ------------------------------------------------------
 
 
 def ours_generate(model, params, prompt_ids: np.ndarray, new_tokens: int):
@@ -260,6 +259,7 @@ def ours_generate(model, params, prompt_ids: np.ndarray, new_tokens: int):
 
 def hf_generate(hf_model, prompt_ids: np.ndarray, new_tokens: int):
     """A call that greedily decodes ``new_tokens`` with transformers and returns numpy tokens."""
+    import torch
     ids = torch.from_numpy(prompt_ids.astype(np.int64))
     mask = torch.ones_like(ids)
 
@@ -290,32 +290,92 @@ def decode_and_total_seconds(make_run, prompt, args) -> tuple:
     return (decode_s if decode_s > 0 else float("nan")), total_s, tokens
 
 
-def run_case(label, model, params, hf_model, batch: int, args, limits: tuple) -> dict:
-    """One table row: both frameworks on the same random prompts of ``batch`` rows."""
-    rng = np.random.default_rng(batch)
-    prompt = rng.integers(3, model.config.vocab_size, (batch, args.prompt_len), dtype=np.int32)
-    ours_dec, ours_s, ours_tokens = decode_and_total_seconds(
-        lambda p, n: ours_generate(model, params, p, n), prompt, args)
-    hf_dec, hf_s, hf_tokens = decode_and_total_seconds(
-        lambda p, n: hf_generate(hf_model, p, n), prompt, args)
+def prompts(batch: int, prompt_len: int, vocab_size: int) -> np.ndarray:
+    """The random prompt ids of one case (the same in both workers)."""
+    return np.random.default_rng(batch).integers(3, vocab_size, (batch, prompt_len), dtype=np.int32)
+
+
+def run_worker(args) -> dict:
+    """Time one framework on every batch size; the other framework is not even imported."""
+    if args.worker == "ours":
+        model, params = decoding_view(*load_pretrained(args.checkpoint, dtype="float32"))
+        cfg = model.config
+        make_run = lambda p, n: ours_generate(model, params, p, n)
+        vocab = cfg.vocab_size
+        extra = {"weight_bytes": weight_bytes_per_step(params, cfg)}
+    else:
+        import torch
+        torch.set_num_threads(args.threads)
+        hf_model = load_hf_model(args.checkpoint)
+        make_run = lambda p, n: hf_generate(hf_model, p, n)
+        vocab, extra = hf_model.config.vocab_size, {}
+    cases = {}
+    for batch in args.batches:
+        decode_s, total_s, tokens = decode_and_total_seconds(
+            make_run, prompts(batch, args.prompt_len, vocab), args)
+        cases[str(batch)] = {"decode_s": decode_s, "total_s": total_s, "tokens": tokens.tolist()}
+        if args.worker == "ours":
+            cases[str(batch)]["gemm_rate"] = measure_decode_gemm_rate(model.config, batch)
+    return {"cases": cases, **extra}
+
+
+def run_in_subprocess(worker: str, checkpoint: str, args, env: dict) -> dict:
+    """Run ``--worker`` in a fresh Python process and return its JSON result."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, "-m", "rlhf_jax.benchmarks.decode", "--worker", worker,
+               "--checkpoint", checkpoint, "--out", out.name, "--batches",
+               ",".join(map(str, args.batches)), "--prompt-len", str(args.prompt_len),
+               "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+               "--threads", str(args.threads)]
+        subprocess.run(cmd, env={**os.environ, **env}, check=True)
+        with open(out.name) as f:
+            return json.load(f)
+
+
+def model_rows(label: str, checkpoint: str, args, limits: tuple, ours_env: dict) -> list:
+    """All rows of one model: each framework timed in its own process, then compared."""
+    ours = run_in_subprocess("ours", checkpoint, args, ours_env)
+    hf = run_in_subprocess("hf", checkpoint, args, {})
+    cfg = decoder_config(checkpoint)
+    rows = []
+    for batch in args.batches:
+        o, h = ours["cases"][str(batch)], hf["cases"][str(batch)]
+        rows.append(compare(label, cfg, batch, o, h, ours["weight_bytes"], args, limits))
+        print(format_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def decoder_config(checkpoint: str):
+    """The :class:`DecoderConfig` of a checkpoint, without loading its weights into JAX."""
+    from rlhf_jax.models import config_from_hf
+    from rlhf_jax.models.hf import read_config
+    if checkpoint.endswith(".gguf"):
+        from rlhf_jax.models.gguf_import import read_gguf
+        return config_from_hf(read_gguf(checkpoint)[0], checkpoint)
+    return config_from_hf(read_config(checkpoint), checkpoint)
+
+
+def compare(label, cfg, batch: int, ours: dict, hf: dict, weight_bytes: int, args, limits) -> dict:
+    """One table row from both workers' timings."""
+    ours_tokens, hf_tokens = np.asarray(ours["tokens"]), np.asarray(hf["tokens"])
     if hf_tokens.shape != ours_tokens.shape:
         raise RuntimeError(f"transformers returned {hf_tokens.shape}, ours {ours_tokens.shape}")
     steps = batch * (args.new_tokens - 1)
     cache_len = args.prompt_len + args.new_tokens / 2
-    roof_tps, bound = roofline(params, model.config, batch, cache_len, *limits)
-    gemm_rate = measure_decode_gemm_rate(model.config, batch)
-    gemm_tps, _ = roofline(params, model.config, batch, cache_len, limits[0], gemm_rate)
-    ours_dec_tps = steps / ours_dec
+    roof_tps, bound = roofline(weight_bytes, cfg, batch, cache_len, *limits)
+    gemm_tps, _ = roofline(weight_bytes, cfg, batch, cache_len, limits[0], ours["gemm_rate"])
+    ours_dec_tps = steps / ours["decode_s"]
     return {"model": label, "batch": batch, "ours_decode_tok_s": ours_dec_tps,
-            "transformers_decode_tok_s": steps / hf_dec, "decode_speedup": hf_dec / ours_dec,
-            "ours_tok_s": batch * args.new_tokens / ours_s,
-            "transformers_tok_s": batch * args.new_tokens / hf_s,
+            "transformers_decode_tok_s": steps / hf["decode_s"],
+            "decode_speedup": hf["decode_s"] / ours["decode_s"],
+            "ours_tok_s": batch * args.new_tokens / ours["total_s"],
+            "transformers_tok_s": batch * args.new_tokens / hf["total_s"],
             "roofline_tok_s": roof_tps, "bound": bound, "ours_over_roofline": ours_dec_tps / roof_tps,
-            "gemm_at_batch_GFLOP_s": gemm_rate / 1e9, "gemm_roofline_tok_s": gemm_tps,
+            "gemm_at_batch_GFLOP_s": ours["gemm_rate"] / 1e9, "gemm_roofline_tok_s": gemm_tps,
             "ours_over_gemm_roofline": ours_dec_tps / gemm_tps,
             "greedy_agreement": float(np.mean(ours_tokens == hf_tokens)),
-            "ours_s": ours_s, "transformers_s": hf_s, "ours_decode_s": ours_dec,
-            "transformers_decode_s": hf_dec}
+            "ours_s": ours["total_s"], "transformers_s": hf["total_s"],
+            "ours_decode_s": ours["decode_s"], "transformers_decode_s": hf["decode_s"]}
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -338,8 +398,10 @@ def format_table(rows: list) -> str:
     return "\n".join(lines + [format_row(row) for row in rows])
 
 
-def environment(args, bandwidth: float, flop_rate: float) -> dict:
+def environment(args, bandwidth: float, flop_rate: float, ours_flags: str) -> dict:
     """Versions, cores, measured limits and the case settings."""
+    import torch
+    import transformers
     return {"jax": jax.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "cores": num_cores(),
             "torch_threads": args.threads, "load_average_1min": os.getloadavg()[0],
@@ -347,7 +409,7 @@ def environment(args, bandwidth: float, flop_rate: float) -> dict:
             "matmul_GFLOP_s": flop_rate / 1e9, "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens, "repeats": args.repeats,
             "transformers_setup": "generate(do_sample=False, use_cache=True), sdpa attention",
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "xla_flags": ours_flags}
 
 
 def format_header(env: dict) -> str:
@@ -365,39 +427,55 @@ def format_header(env: dict) -> str:
         f"{env['transformers_setup']}", ""])
 
 
-def machine_limits() -> tuple:
-    """``(bandwidth, matmul rate)``: the better of this process and one with XLA's default flags.
+_LIMITS_CODE = ("import json; from rlhf_jax.benchmarks.decode import measure_bandwidth, "
+                "measure_matmul_rate; print(json.dumps([measure_bandwidth(), measure_matmul_rate()]))")
+
+
+def machine_limits(ours_env: dict) -> tuple:
+    """``(bandwidth, matmul rate)``: the better of XLA's default flags and ours' flags.
 
     The CPU tuning slows square matmuls; the roofline must use the best rate the
-    machine reaches, not the rate of the configuration being judged.
+    machine reaches, not the rate of the configuration being judged. Each is
+    measured in a fresh process.
     """
-    here = (measure_bandwidth(), measure_matmul_rate())
-    code = ("import json; from rlhf_jax.benchmarks.decode import measure_bandwidth, "
-            "measure_matmul_rate as m; print(json.dumps([measure_bandwidth(), m()]))")
-    env = {**os.environ, "XLA_FLAGS": "", "RLHF_JAX_CPU_TUNING": "0"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    default = json.loads(out.strip().splitlines()[-1])
-    return max(here[0], default[0]), max(here[1], default[1])
+    results = []
+    for env in ({"XLA_FLAGS": "", "RLHF_JAX_CPU_TUNING": "0"}, ours_env):
+        out = subprocess.run([sys.executable, "-c", _LIMITS_CODE], env={**os.environ, **env},
+                             capture_output=True, text=True, check=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return max(r[0] for r in results), max(r[1] for r in results)
+
+
+def ours_environment(args) -> dict:
+    """Environment of the ``ours`` worker: XLA_FLAGS with the CPU tuning unless ``--xla-defaults``."""
+    if args.xla_defaults:
+        return {"XLA_FLAGS": "", "RLHF_JAX_CPU_TUNING": "0"}
+    saved = os.environ.get("XLA_FLAGS")
+    tune_cpu_flags()
+    flags = os.environ.get("XLA_FLAGS", "")
+    if saved is None:
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = saved
+    return {"XLA_FLAGS": flags}
 
 
 def main(argv=None) -> list:
     """Run every (model, batch) case, print the header and table, optionally write JSON."""
     args = parse_args(argv)
-    if not args.xla_defaults:
-        tune_cpu_flags()
-    torch.set_num_threads(args.threads)
-    limits = machine_limits()
-    env = environment(args, *limits)
+    if args.worker:
+        with open(args.out, "w") as f:
+            json.dump(run_worker(args), f)
+        return []
+    ours_env = ours_environment(args)
+    limits = machine_limits(ours_env)
+    env = environment(args, *limits, ours_env["XLA_FLAGS"])
     print(format_header(env), flush=True)
     rows = []
-    for name in args.models:
-        label, model, params, hf_model = load_models(name)
-        model, params = decoding_view(model, params)  # unroll layers once, as the CLI does
-        for batch in args.batches:
-            rows.append(run_case(label, model, params, hf_model, batch, args, limits))
-            print(format_row(rows[-1]), file=sys.stderr, flush=True)
-        del model, params, hf_model
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            label, checkpoint = checkpoint_for(name, tmp)
+            rows += model_rows(label, checkpoint, args, limits, ours_env)
     print("\n" + format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
