@@ -1,8 +1,10 @@
 """The decoder trunk, the causal LM on top of it, and the KV cache.
 
-``Decoder`` embeds tokens, runs the layers as one ``nn.scan`` over stacked
-parameters (leading logical axis ``layers``, so compile time does not grow with
-depth) and applies the final norm. ``CausalLM`` adds the LM head (tied to the
+``Decoder`` embeds tokens, runs the layers and applies the final norm. With
+``scan_layers=True`` (training; the default) the layers are one ``nn.scan`` over
+stacked parameters (leading logical axis ``layers``, so compile time does not
+grow with depth); with ``False`` (decoding, see ``rlhf_jax.generate.decoding_view``)
+they are unrolled with one parameter subtree per layer. ``CausalLM`` adds the LM head (tied to the
 embedding or its own matrix). Scalar heads for reward and value models live in
 ``rlhf_jax.models.heads``.
 
