@@ -151,9 +151,7 @@ def measure_bandwidth(repeats: int = 5) -> float:
     reduce = jax.jit(jnp.sum)
     run = lambda: jax.block_until_ready(reduce(x))
     run()
-    seconds = median_seconds(run, repeats)
-    del x
-    return BANDWIDTH_BYTES / seconds
+    return BANDWIDTH_BYTES / median_seconds(run, repeats)
 
 
 def measure_matmul_rate(repeats: int = 5) -> float:

@@ -11,7 +11,6 @@ constrained with logical names too. Shapes follow the einsum-suffix habit:
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rlhf_jax.models.config import DecoderConfig
 from rlhf_jax.models.errors import UnsupportedModelError
-from rlhf_jax.models.families.base import Family, TensorMap, require, reshaped, same, transposed
+from rlhf_jax.models.families.base import Family, require, reshaped, same, transposed
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
