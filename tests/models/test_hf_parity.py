@@ -117,30 +117,31 @@ def test_unsupported_model_type_is_named(llama_dir, tmp_path):
         load_pretrained(bad)
 
 
-def test_renamed_tensor_is_named(llama_dir, tmp_path):
-    def rename(arrays):
-        arrays["model.layers.1.mlp.gate.weight"] = arrays.pop("model.layers.1.mlp.gate_proj.weight")
-        return arrays
-    bad = _copy_with(llama_dir, str(tmp_path / "bad"), tensors=rename)
-    with pytest.raises(CheckpointError, match=r"model\.safetensors.*'model\.layers\.1\.mlp\.gate_proj\.weight'"):
-        load_pretrained(bad)
+def _rename_gate(arrays):
+    arrays["model.layers.1.mlp.gate.weight"] = arrays.pop("model.layers.1.mlp.gate_proj.weight")
+    return arrays
 
 
-def test_misshapen_tensor_is_named(llama_dir, tmp_path):
-    def shrink(arrays):
-        arrays["model.layers.0.self_attn.k_proj.weight"] = arrays["model.layers.0.self_attn.k_proj.weight"][:-1]
-        return arrays
-    bad = _copy_with(llama_dir, str(tmp_path / "bad"), tensors=shrink)
-    with pytest.raises(CheckpointError, match=r"k_proj\.weight.*\(31, 64\), expected \(32, 64\)"):
-        load_pretrained(bad)
+def _shrink_k_proj(arrays):
+    name = "model.layers.0.self_attn.k_proj.weight"
+    arrays[name] = arrays[name][:-1]
+    return arrays
 
 
-def test_extra_tensor_is_not_skipped(llama_dir, tmp_path):
-    def add(arrays):
-        arrays["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
-        return arrays
-    bad = _copy_with(llama_dir, str(tmp_path / "bad"), tensors=add)
-    with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.extra\.weight'"):
+def _add_extra(arrays):
+    arrays["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
+    return arrays
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_rename_gate, r"model\.safetensors.*'model\.layers\.1\.mlp\.gate_proj\.weight'"),
+    (_shrink_k_proj, r"k_proj\.weight.*\(31, 64\), expected \(32, 64\)"),
+    (_add_extra, r"unexpected tensor 'model\.layers\.0\.extra\.weight'"),
+], ids=["renamed", "misshapen", "extra"])
+def test_bad_tensor_is_named(llama_dir, tmp_path, edit, message):
+    """A renamed (so missing), misshapen or extra tensor is an error naming file and tensor."""
+    bad = _copy_with(llama_dir, str(tmp_path / "bad"), tensors=edit)
+    with pytest.raises(CheckpointError, match=message):
         load_pretrained(bad)
 
 

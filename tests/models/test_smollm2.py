@@ -31,12 +31,8 @@ NEW_TOKENS = 32
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    import os
-    import transformers
-    directory, name = os.path.split(GGUF)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=torch.float32).eval()
+def smollm2(smollm2_reference):
+    reference = smollm2_reference
     model, params = load_pretrained(GGUF)
     tokenizer = load_tokenizer(GGUF)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
