@@ -1,0 +1,152 @@
+"""Tokenised, padded, bucketed batches through grain.
+
+Pairs (``{id, prompt, chosen, rejected}``) become token arrays once, on the host
+(:func:`tokenize_pairs`); SFT examples (``{id, prompt, response}``) likewise
+(:func:`tokenize_sft`). Batches come from a grain ``MapDataset``: a seeded
+shuffle per epoch, this process's slice of it (``[process_index::process_count]``:
+disjoint shards that cover the set), fixed batch size, and padding to the
+smallest of a few bucket widths so that compiled steps see only a handful of
+shapes. Sequences longer than ``max_length`` tokens are dropped and counted
+(paper: 512 tokens).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from typing import Optional, Sequence
+
+import grain
+import numpy as np
+
+from rlhf_jax.data.records import DropCounter
+from rlhf_jax.data.templates import policy_prompt, rm_text
+
+log = logging.getLogger(__name__)
+
+
+def _token_ids(tokenizer, texts: Sequence[str]) -> list:
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def _with_eos(ids: list, eos_id: Optional[int]) -> np.ndarray:
+    return np.asarray(list(ids) + ([eos_id] if eos_id is not None else []), np.int32)
+
+
+def tokenize_pairs(pairs: Sequence[dict], tokenizer, *, template: str = "question_answer",
+                   max_length: int = 512, append_eos: bool = True, source: str = "pairs"):
+    """Reward-model examples from preference pairs; drops (and counts) over-long pairs.
+
+    Each example: ``index`` (position in ``pairs``), ``id``, ``chosen_ids`` and
+    ``rejected_ids`` (the full reward-model text under ``template``, plus EOS when
+    ``append_eos``), and ``chosen_len``/``rejected_len``: the response alone in
+    tokens (what the paper's length statistics count).
+    """
+    eos = tokenizer.eos_token_id if append_eos else None
+    chosen = _token_ids(tokenizer, [rm_text(p["prompt"], p["chosen"], template) for p in pairs])
+    rejected = _token_ids(tokenizer, [rm_text(p["prompt"], p["rejected"], template) for p in pairs])
+    chosen_len = _token_ids(tokenizer, [p["chosen"] for p in pairs])
+    rejected_len = _token_ids(tokenizer, [p["rejected"] for p in pairs])
+    drops, examples = DropCounter(), []
+    for i, pair in enumerate(pairs):
+        c, r = _with_eos(chosen[i], eos), _with_eos(rejected[i], eos)
+        if max(len(c), len(r)) > max_length:
+            drops.add(f"longer than max_length={max_length} tokens")
+            continue
+        examples.append({"index": i, "id": pair["id"], "chosen_ids": c, "rejected_ids": r,
+                         "chosen_len": len(chosen_len[i]), "rejected_len": len(rejected_len[i])})
+    drops.log(log, source)
+    return examples, drops
+
+
+def tokenize_sft(examples: Sequence[dict], tokenizer, *, template: str = "plain",
+                 max_length: int = 512, source: str = "sft"):
+    """SFT examples: ``ids`` = prompt + response + EOS, ``loss_mask`` = 1 on response tokens (and EOS)."""
+    prompts = _token_ids(tokenizer, [policy_prompt(e["prompt"], template) for e in examples])
+    responses = _token_ids(tokenizer, [e["response"] for e in examples])
+    drops, out = DropCounter(), []
+    for i, example in enumerate(examples):
+        response = _with_eos(responses[i], tokenizer.eos_token_id)
+        ids = np.concatenate([np.asarray(prompts[i], np.int32), response])
+        if len(ids) > max_length:
+            drops.add(f"longer than max_length={max_length} tokens")
+            continue
+        loss_mask = np.zeros(len(ids), np.int32)
+        loss_mask[len(prompts[i]):] = 1
+        out.append({"index": i, "id": example["id"], "ids": ids, "loss_mask": loss_mask})
+    drops.log(log, source)
+    return out, drops
+
+
+def bucket_width(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket ≥ ``length`` (buckets sorted ascending)."""
+    position = bisect.bisect_left(list(buckets), length)
+    if position == len(buckets):
+        raise ValueError(f"sequence of {length} tokens exceeds the largest bucket {buckets[-1]}")
+    return buckets[position]
+
+
+def pad_rows(rows: Sequence[np.ndarray], width: int, pad_value: int = 0) -> np.ndarray:
+    """Right-pad 1-D int arrays to ``[len(rows), width]``."""
+    out = np.full((len(rows), width), pad_value, np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def collate_pairs(examples: Sequence[dict], *, batch_size: int, buckets: Sequence[int],
+                  pad_id: int) -> dict:
+    """Stack pair examples into fixed-shape arrays; missing rows get ``weight`` 0."""
+    width = bucket_width(max(max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples),
+                         buckets)
+    filler = batch_size - len(examples)
+    rows = list(examples) + [examples[0]] * filler
+    batch = {}
+    for side in ("chosen", "rejected"):
+        ids = [e[f"{side}_ids"] for e in rows]
+        batch[f"{side}_ids"] = pad_rows(ids, width, pad_id)
+        batch[f"{side}_mask"] = pad_rows([np.ones_like(x) for x in ids], width, 0)
+        batch[f"{side}_len"] = np.asarray([e[f"{side}_len"] for e in rows], np.int32)
+    batch["index"] = np.asarray([e["index"] for e in rows], np.int32)
+    batch["weight"] = np.asarray([1.0] * len(examples) + [0.0] * filler, np.float32)
+    return batch
+
+
+def collate_sft(examples: Sequence[dict], *, batch_size: int, buckets: Sequence[int],
+                pad_id: int) -> dict:
+    """Stack SFT examples: ``ids``, ``mask``, ``loss_mask`` (0 on filler rows)."""
+    width = bucket_width(max(len(e["ids"]) for e in examples), buckets)
+    filler = batch_size - len(examples)
+    rows = list(examples) + [examples[0]] * filler
+    loss_masks = [e["loss_mask"] * (i < len(examples)) for i, e in enumerate(rows)]
+    return {"ids": pad_rows([e["ids"] for e in rows], width, pad_id),
+            "mask": pad_rows([np.ones_like(e["ids"]) for e in rows], width, 0),
+            "loss_mask": pad_rows(loss_masks, width, 0)}
+
+
+def batches(examples: Sequence[dict], collate, *, batch_size: int, buckets: Sequence[int],
+            pad_id: int, seed: Optional[int] = None, epoch: int = 0, train: bool = True,
+            process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+    """One epoch of batches for this process as a grain ``MapDataset``.
+
+    ``train``: shuffled with ``seed + epoch``, trimmed to a multiple of
+    ``batch_size · process_count`` so that every process runs the same number of
+    steps, full batches only. Otherwise (eval): no shuffle, every example once,
+    the last batch completed with zero-weight filler rows.
+    ``batch_size`` is per process.
+    """
+    dataset = grain.MapDataset.source(list(examples))
+    if train:
+        dataset = dataset.shuffle(seed=seed + epoch)
+        usable = len(dataset) // (batch_size * process_count) * batch_size * process_count
+        dataset = dataset[:usable]
+    dataset = dataset[process_index::process_count]
+    fn = lambda rows: collate(rows, batch_size=batch_size, buckets=buckets, pad_id=pad_id)  # noqa: E731
+    return dataset.batch(batch_size, drop_remainder=train, batch_fn=fn)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+    """Training steps in one epoch of :func:`batches` (``train=True``)."""
+    return num_examples // (batch_size * process_count)

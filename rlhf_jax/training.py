@@ -1,0 +1,121 @@
+"""Shared pieces of every training stage: state, optimizer, gradient accumulation, sharded steps.
+
+A stage supplies ``loss_fn(params, batch) -> (loss, metrics)``;
+:func:`make_train_step` turns it into one jitted ``(state, batch) -> (state,
+metrics)`` with explicit input/output shardings over the mesh. Gradient
+accumulation is a ``lax.scan`` over ``accum_steps`` micro-batches inside that
+step (the batch's leading axis is split), so one call = one optimizer update.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    """``step`` (optimizer updates done), ``params``, ``opt_state``."""
+
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+
+
+def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to ``lr`` over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    warmup_steps = max(0, min(warmup_steps, total_steps))
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
+         optax.linear_schedule(lr, 0.0, max(total_steps - warmup_steps, 1))],
+        [warmup_steps])
+
+
+def make_optimizer(*, lr: float, warmup_steps: int, total_steps: int, weight_decay: float = 0.0,
+                   max_grad_norm: float = 1.0, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
+    """AdamW with warm-up + linear decay, after global-norm clipping (``max_grad_norm ≤ 0``: off)."""
+    adamw = optax.adamw(learning_rate_schedule(lr, warmup_steps, total_steps), b1=b1, b2=b2,
+                        eps=eps, weight_decay=weight_decay)
+    if max_grad_norm and max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+    return adamw
+
+
+def init_state(params, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def state_shardings(model, mesh, tx, params, rules=sharding.DEFAULT_RULES) -> TrainState:
+    """``NamedSharding`` for every leaf of the :class:`TrainState` of ``params``."""
+    param_sh = sharding.param_shardings(model, mesh, rules)
+    opt_shape = jax.eval_shape(tx.init, params)
+    return TrainState(step=sharding.replicated(mesh), params=param_sh,
+                      opt_state=sharding.optimizer_state_shardings(tx, opt_shape, param_sh, mesh))
+
+
+def split_microbatches(batch, accum_steps: int):
+    """``[accum·micro, ...]`` leaves → ``[accum, micro, ...]``."""
+    def split(x):
+        if x.shape[0] % accum_steps:
+            raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {accum_steps} "
+                             "gradient-accumulation micro-batches")
+        return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+    return jax.tree.map(split, batch)
+
+
+def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
+    """Loss, gradients and metrics over ``accum_steps`` micro-batches (a ``lax.scan``).
+
+    ``loss_fn(params, batch) -> (loss, (scalars, per_example))``: the loss, the
+    scalars and the gradients are averaged over micro-batches; ``per_example``
+    arrays (leading axis = rows) come back for the whole batch, in order.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (loss, (scalars, per_example)), grads = grad_fn(params, batch)
+        return loss, grads, scalars, per_example
+
+    def body(carry, micro):
+        (loss, (scalars, per_example)), grads = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, carry, (loss, grads, scalars)), per_example
+
+    micro = split_microbatches(batch, accum_steps)
+    first = jax.tree.map(lambda x: x[0], micro)
+    out_shape = jax.eval_shape(grad_fn, params, first)
+    (loss_s, (scalars_s, _)), grads_s = out_shape
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, grads_s, scalars_s))
+    total, per_example = jax.lax.scan(body, zeros, micro)
+    loss, grads, scalars = jax.tree.map(lambda x: x / accum_steps, total)
+    per_example = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), per_example)
+    return loss, grads, scalars, per_example
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, accum_steps: int = 1,
+                    shardings: TrainState = None, batch_sharding=None, donate: bool = True):
+    """``(state, batch) -> (state, metrics)``: one optimizer update, jitted with explicit shardings.
+
+    ``loss_fn(params, batch) -> (loss, (scalars, per_example))``. ``metrics`` =
+    the scalars (``loss``, ``grad_norm`` and the loss function's own, averaged
+    over micro-batches) plus ``per_example`` rows (e.g. reward margins, for the
+    cartography log).
+    """
+    def step(state: TrainState, batch):
+        loss, grads, scalars, per_example = accumulated_gradients(
+            loss_fn, state.params, batch, accum_steps)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**scalars, "loss": loss, "grad_norm": optax.global_norm(grads),
+                   "per_example": per_example}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return jax.jit(step, in_shardings=(shardings, batch_sharding),
+                   out_shardings=(shardings, None), donate_argnums=(0,) if donate else ())
