@@ -28,8 +28,16 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Import ``path``, call its ``get_config()``, apply ``overrides``, return it locked."""
-    config = _call_get_config(path)
+    """Import ``path``, call its ``get_config()``, apply ``overrides``, return it locked.
+
+    ``path`` may end in ``:ARG`` (``configs/rm/webgpt.py:bal``): then
+    ``get_config(ARG)`` is called, which is how one file holds a base
+    experiment and its variants.
+    """
+    argument = None
+    if not os.path.isfile(path) and ":" in path:
+        path, argument = path.rsplit(":", 1)
+    config = _call_get_config(path, argument)
     for override in overrides:
         key, value = split_override(override)
         set_override(config, key, value)
@@ -37,7 +45,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return config
 
 
-def _call_get_config(path: str) -> ml_collections.ConfigDict:
+def _call_get_config(path: str, argument=None) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file")
     name = "rlhf_jax_config_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
@@ -46,7 +54,7 @@ def _call_get_config(path: str) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
-    config = module.get_config()
+    config = module.get_config() if argument is None else module.get_config(argument)
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, "
                           "expected an ml_collections.ConfigDict")

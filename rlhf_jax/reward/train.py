@@ -148,8 +148,8 @@ class RewardTrainer:
         self.tx = training.make_optimizer(
             lr=rm.lr, warmup_steps=rm.warmup_steps, total_steps=self.total_steps,
             weight_decay=rm.weight_decay, max_grad_norm=rm.max_grad_norm)
+        self.shardings = training.state_shardings(model, self.mesh, self.tx, params)
         with sharding.use_mesh(self.mesh):
-            self.shardings = training.state_shardings(model, self.mesh, self.tx, params)
             params = jax.device_put(params, self.shardings.params)
             state = jax.jit(lambda p: training.init_state(p, self.tx),
                             out_shardings=self.shardings)(params)

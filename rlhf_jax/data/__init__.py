@@ -1,0 +1,1 @@
+"""Data: preference sets, prompt sets, prompt templates, input pipelines and the synthetic task."""

@@ -1,0 +1,86 @@
+"""Prompt templates from the paper, in one place.
+
+Two kinds:
+
+* reward-model inputs (:data:`TEMPLATES`, :func:`rm_text`): the text a reward model scores,
+  built from a prompt and a response. The paper (§3, following the StackLLaMA recipe
+  its code builds on) formats every preference set as ``"Question: {prompt}\\n\\nAnswer:
+  {response}"``; hh-rlhf dialogues are already formatted and are just concatenated.
+* policy prompts (:data:`PROMPT_TEMPLATES`, :func:`policy_prompt`): what the policy sees
+  before it generates. The paper uses the Alpaca instruction template for WebGPT and RLCD
+  and ``"Question: ...\\n\\nAnswer: "`` for Stack Exchange.
+
+A template argument is either a registered name or a literal template string containing
+``{prompt}`` (and ``{response}`` for reward-model templates). Substitution replaces exactly
+the placeholders ``{prompt}``/``{response}``: other braces in a template and any braces in
+the texts are left alone (no ``str.format`` surprises).
+"""
+
+from __future__ import annotations
+
+import re
+
+QUESTION_ANSWER = "Question: {prompt}\n\nAnswer: {response}"
+"""Reward-model input for WebGPT, Stack Exchange and RLCD (paper §3)."""
+
+DIALOGUE = "{prompt}{response}"
+"""Reward-model input for hh-rlhf: the prompt already ends in ``"\\n\\nAssistant:"`` and the
+response starts with a space."""
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n")
+"""Policy prompt for WebGPT and RLCD (paper §3: the Alpaca template)."""
+
+STACK_PROMPT = "Question: {prompt}\n\nAnswer: "
+"""Policy prompt for Stack Exchange (paper §3, as in StackLLaMA)."""
+
+TEMPLATES = {
+    "question_answer": QUESTION_ANSWER,
+    "dialogue": DIALOGUE,
+}
+"""Reward-model input templates by name."""
+
+PROMPT_TEMPLATES = {
+    "alpaca": ALPACA_PROMPT,
+    "stack": STACK_PROMPT,
+    "plain": "{prompt}",
+    "dialogue": "{prompt}",
+}
+"""Policy prompt templates by name."""
+
+_PLACEHOLDER = re.compile(r"\{(prompt|response)\}")
+
+
+def _resolve(template: str, registry: dict, kind: str, required: tuple) -> str:
+    if template in registry:
+        return registry[template]
+    if isinstance(template, str) and all("{" + name + "}" in template for name in required):
+        return template
+    fields = " and ".join("{" + name + "}" for name in required)
+    raise KeyError(f"unknown {kind} template {template!r}: known names are "
+                   f"{sorted(registry)}, or pass a template string containing {fields}")
+
+
+def _fill(template: str, values: dict) -> str:
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def rm_text(prompt: str, response: str, template: str = "question_answer") -> str:
+    """The reward-model input for ``prompt`` and ``response`` under ``template``.
+
+    ``template``: a name in :data:`TEMPLATES` or a string containing ``{prompt}`` and
+    ``{response}``. Unknown names raise ``KeyError`` listing the known ones.
+    """
+    fmt = _resolve(template, TEMPLATES, "reward-model", ("prompt", "response"))
+    return _fill(fmt, {"prompt": prompt, "response": response})
+
+
+def policy_prompt(prompt: str, template: str) -> str:
+    """The policy's input text for a raw ``prompt`` under ``template``.
+
+    ``template``: a name in :data:`PROMPT_TEMPLATES` or a string containing ``{prompt}``.
+    Unknown names raise ``KeyError`` listing the known ones.
+    """
+    fmt = _resolve(template, PROMPT_TEMPLATES, "policy prompt", ("prompt",))
+    return _fill(fmt, {"prompt": prompt})
