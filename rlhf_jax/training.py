@@ -111,7 +111,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, accu
             loss_fn, state.params, batch, accum_steps)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**scalars, "loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {**scalars, "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "per_example": per_example}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

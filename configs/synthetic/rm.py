@@ -15,6 +15,7 @@ Sized for: 2 CPU cores, about a minute per run.
 from rlhf_jax.defaults import reward_model_config
 
 SYNTHETIC_VOCAB = 192  # ≥ the task tokenizer's 181 tokens
+VARIANTS = ("none", "bal", "rda", "ctr")
 
 
 def get_config(intervention: str = "none"):

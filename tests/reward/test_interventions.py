@@ -1,0 +1,107 @@
+"""The paper's reward-model interventions against independent loops (Table 4)."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from rlhf_jax.reward import cartography, interventions
+
+
+def examples_with_diffs(diffs):
+    return [{"id": f"e{i}", "index": i, "chosen_len": 50 + d, "rejected_len": 50}
+            for i, d in enumerate(diffs)]
+
+
+def test_length_heuristic_is_strict():
+    chosen, rejected = [5, 3, 4, 9], [4, 3, 6, 1]
+    expected = sum(c > r for c, r in zip(chosen, rejected)) / 4
+    assert interventions.length_heuristic(chosen, rejected) == expected == 0.5
+
+
+def reference_bin(d, width=10):
+    """Mirror-pair key of d: +k for d in (k·w, (k+1)·w], −k for d in (−(k+1)·w, −k·w]."""
+    for k in range(1000):
+        if k * width < d <= (k + 1) * width:
+            return ("pos", k)
+        if -(k + 1) * width < d <= -k * width:
+            return ("neg", k)
+
+
+def test_bal_is_symmetric_and_drops_far_differences():
+    rng = np.random.default_rng(0)
+    diffs = np.concatenate([rng.normal(15, 25, 3000).round().astype(int), [250, -240, -200, 200]])
+    kept = interventions.balance_by_length(examples_with_diffs(diffs), seed=1)
+    counts = collections.Counter(reference_bin(e["chosen_len"] - e["rejected_len"]) for e in kept)
+    for k in range(20):
+        assert counts[("pos", k)] == counts[("neg", k)], k
+    kept_diffs = [e["chosen_len"] - e["rejected_len"] for e in kept]
+    assert max(kept_diffs) <= 200 and min(kept_diffs) > -200
+    assert 200 in kept_diffs or counts[("pos", 19)] == 0  # (190, 200] is a valid bin
+    lens_c = [e["chosen_len"] for e in kept]
+    lens_r = [e["rejected_len"] for e in kept]
+    # Within each mirrored bin pair, half are chosen-longer: the heuristic is ≤ 0.5.
+    assert interventions.length_heuristic(lens_c, lens_r) <= 0.5
+    assert len(kept) > 1000
+    again = interventions.balance_by_length(examples_with_diffs(diffs), seed=1)
+    assert [e["id"] for e in again] == [e["id"] for e in kept]
+
+
+def test_bal_per_bin_count_is_the_minimum():
+    diffs = [3, 5, 7, -2, 0, 15, 16, -11, -12, -13, -19]
+    kept = interventions.balance_by_length(examples_with_diffs(diffs), seed=0)
+    counts = collections.Counter(reference_bin(e["chosen_len"] - e["rejected_len"]) for e in kept)
+    assert counts == {("pos", 0): 2, ("neg", 0): 2, ("pos", 1): 2, ("neg", 1): 2}
+
+
+def pairs(n):
+    return [{"id": f"p{i}", "prompt": f"q{i}", "chosen": f"good{i}", "rejected": f"bad{i}"}
+            for i in range(n)]
+
+
+def test_random_data_augmentation():
+    base = pairs(40)
+    out = interventions.random_data_augmentation(base, fraction=0.25, seed=3)
+    assert len(out) == 50
+    augmented = [p for p in out if p["id"].endswith("/rda")]
+    assert len(augmented) == 10
+    for p in augmented:
+        i = int(p["id"][1:-4])
+        assert p["prompt"] == f"q{i}" and p["chosen"] == f"good{i}"
+        assert p["rejected"].startswith("good") and p["rejected"] != f"good{i}"
+    assert sorted(p["id"] for p in out if not p["id"].endswith("/rda")) == sorted(
+        p["id"] for p in base)
+    assert [p["id"] for p in out] != [p["id"] for p in base + augmented]  # reshuffled
+    assert out == interventions.random_data_augmentation(base, fraction=0.25, seed=3)
+
+
+def test_random_data_augmentation_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="fraction"):
+        interventions.random_data_augmentation(pairs(4), fraction=1.5, seed=0)
+
+
+def test_cartography_statistics_and_selection(tmp_path):
+    log = str(tmp_path / "cartography.jsonl")
+    margins = {"a": [9.0, 1.0, 3.0, 2.0], "b": [0.0, -1.0, 1.0, 0.0], "c": [5.0, 4.0, 6.0, 5.0]}
+    for k in range(4):
+        cartography.append_pass(log, k, list(margins), [m[k] for m in margins.values()])
+    stats = cartography.confidence_and_variability(cartography.read_passes(log))
+    for key, values in margins.items():
+        later = np.asarray(values[1:])  # the first pass is skipped
+        assert stats[key] == pytest.approx((later.mean(), later.std()))
+    examples = [{"id": k} for k in ("a", "b", "c", "missing")]
+    kept = cartography.select_by_confidence(examples, stats, low=-0.5, high=3.0)
+    assert [e["id"] for e in kept] == ["a", "b"]
+    table = cartography.plot_cartography(stats, {"a": (5, 3), "b": (2, 4), "c": (6, 1)},
+                                         str(tmp_path / "map.png"), bins=3)
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    assert sum(row["count"] for row in table["bins"]) == 3
+
+
+def test_cartography_needs_two_passes_and_valid_lines(tmp_path):
+    with pytest.raises(ValueError, match="≥ 2 passes"):
+        cartography.confidence_and_variability([{"a": 1.0}])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"pass": 0, "margins": {}}\nnot json\n')
+    with pytest.raises(ValueError, match="line 2"):
+        cartography.read_passes(str(bad))
