@@ -353,9 +353,6 @@ def read_webgpt(path, ties: str = "second", *, empty: str = "error", train_size:
                             f"object with a non-empty string 'full_text')")
         else:
             prompt = require_text(row, "question", **at, label=labels.get("question"))
-        for j in (0, 1):  # missing or non-string answers are errors whatever `empty` says
-            require_text(row, f"answer_{j}", **at, allow_empty=True,
-                         label=labels.get(f"answer_{j}"))
         scores = [_score(row, f"score_{j}", **at, label=labels.get(f"score_{j}", f"score_{j}"))
                   for j in (0, 1)]
         answers = _responses(row, ("answer_0", "answer_1"), **at, empty=empty, drops=drops,

@@ -3,12 +3,13 @@
 Two kinds:
 
 * reward-model inputs (:data:`TEMPLATES`, :func:`rm_text`): the text a reward model scores,
-  built from a prompt and a response. The paper (§3, following the StackLLaMA recipe
-  its code builds on) formats every preference set as ``"Question: {prompt}\\n\\nAnswer:
-  {response}"``; hh-rlhf dialogues are already formatted and are just concatenated.
+  built from a prompt and a response. The paper's code (``rlhfutils/data.py``, after the
+  StackLLaMA recipe it builds on) formats WebGPT, Stack Exchange and RLCD pairs as
+  ``"Question: " + question + "\\n\\nAnswer: " + response``; hh-rlhf dialogues are already
+  formatted and are just concatenated.
 * policy prompts (:data:`PROMPT_TEMPLATES`, :func:`policy_prompt`): what the policy sees
   before it generates. The paper uses the Alpaca instruction template for WebGPT and RLCD
-  and ``"Question: ...\\n\\nAnswer: "`` for Stack Exchange.
+  and ``"Question: ...\\n\\nAnswer: "`` for Stack Exchange (§3).
 
 A template argument is either a registered name or a literal template string containing
 ``{prompt}`` (and ``{response}`` for reward-model templates). Substitution replaces exactly
@@ -21,7 +22,7 @@ from __future__ import annotations
 import re
 
 QUESTION_ANSWER = "Question: {prompt}\n\nAnswer: {response}"
-"""Reward-model input for WebGPT, Stack Exchange and RLCD (paper §3)."""
+"""Reward-model input for WebGPT, Stack Exchange and RLCD (the paper's code)."""
 
 DIALOGUE = "{prompt}{response}"
 """Reward-model input for hh-rlhf: the prompt already ends in ``"\\n\\nAssistant:"`` and the
@@ -30,10 +31,10 @@ response starts with a space."""
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n")
-"""Policy prompt for WebGPT and RLCD (paper §3: the Alpaca template)."""
+"""Policy prompt for WebGPT and RLCD (the paper: the Alpaca template)."""
 
 STACK_PROMPT = "Question: {prompt}\n\nAnswer: "
-"""Policy prompt for Stack Exchange (paper §3, as in StackLLaMA)."""
+"""Policy prompt for Stack Exchange (the paper, as in StackLLaMA)."""
 
 TEMPLATES = {
     "question_answer": QUESTION_ANSWER,
