@@ -12,6 +12,7 @@ after that, for quick runs.
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -34,8 +35,9 @@ def preference_splits(data_cfg) -> tuple:
     else:
         from rlhf_jax.data.builders import load_pairs
         options = dict(data_cfg.get("options", {}) or {})
+        data_dir = tfds_data_dir(data_cfg.data_dir)
         load = lambda split: list(load_pairs(data_cfg.source, split, path=data_cfg.path or None,  # noqa: E731
-                                             data_dir=data_cfg.data_dir, **options))
+                                             data_dir=data_dir, **options))
         train = load(data_cfg.train_split)
         if data_cfg.eval_split:
             eval_ = load(data_cfg.eval_split)
@@ -45,6 +47,12 @@ def preference_splits(data_cfg) -> tuple:
     eval_ = _cap(eval_, data_cfg.max_eval_pairs)
     log.info("%s: %d train pairs, %d eval pairs", data_cfg.source, len(train), len(eval_))
     return train, eval_
+
+
+def tfds_data_dir(configured: str) -> str:
+    """``data.data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's own default)."""
+    return os.path.expanduser(configured or os.environ.get("TFDS_DATA_DIR", "")
+                              or "~/tensorflow_datasets")
 
 
 def hold_out(pairs: list, fraction: float, seed: int) -> tuple:

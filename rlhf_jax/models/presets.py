@@ -29,6 +29,14 @@ _PRESETS = {
         "n_positions": 512, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
     },
+    # The shape of LLaMA-7B (the paper's policy and reward models), for sizing and AOT compiles.
+    "llama-7b": {
+        "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+        "head_dim": 128, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu",
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    },
     # The shape of SmolLM2-135M: a 135M-class Llama for benchmarks.
     "llama-135m": {
         "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,

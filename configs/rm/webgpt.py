@@ -1,0 +1,27 @@
+"""Paper reward model: WebGPT comparisons (Singhal et al. 2023 §3, Table 4), with each RM intervention.
+
+Experiment: LLaMA-7B Bradley–Terry reward model on ``openai/webgpt_comparisons``
+(preferred = higher score, ties to answer_1 as the paper's code; shuffled with
+seed 100, first 18,000 train, the rest eval), input "Question: {q}\\n\\nAnswer: {a}",
+512 tokens. Variants ``:bal``, ``:rda``, ``:ctr`` select length balancing, random
+data augmentation and confidence-based truncation (Table 4).
+
+Command::
+
+    rlhf-jax train-rm --config configs/rm/webgpt.py[:bal|:rda|:ctr] --workdir runs/rm_webgpt \\
+        --config.model.init=/path/to/llama-7b-hf [--config.data.path=comparisons.jsonl]
+
+Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, bfloat16, remat).
+"""
+
+from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
+
+VARIANTS = INTERVENTIONS
+
+
+def get_config(intervention: str = "none"):
+    config = paper_reward_model_config("webgpt", intervention)
+    config.data.options = {"ties": "second", "empty": "drop"}
+    config.data.eval_split = "eval"
+    config.rm.ctr.high = 2.0  # C-TR: drop the examples learned with the highest confidence
+    return config
