@@ -15,14 +15,17 @@ CORE = [
     "safetensors>=0.8.0",
     "gguf>=0.19.0",
     "numpy>=2.0",
+    "scipy>=1.11",  # the synthetic task's sigmoid, reward–length correlations
+    "pyarrow>=14",  # Parquet sources (already a tensorflow-datasets dependency)
     "tqdm>=4.66",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "matplotlib>=3.8",  # cartography and analysis plots
 ]
 
 # torch is pinned to the CPU build that the test machines carry as a file: a bare
 # `torch` requirement would pull a multi-GB CUDA build.
 TEST = [
     "pytest>=8",
-    "scipy>=1.11",
     "torch==2.13.0",
     "accelerate>=1.0",  # transformers needs it to load a GGUF file (the PyTorch reference)
 ]

@@ -71,3 +71,20 @@ def test_export_matches_transformers_sequence_classifier(runs):
                     attention_mask=torch.tensor(enc["attention_mask"])).logits[:, 0].numpy()
     bias = float(params["score"]["bias"])  # transformers' score layer has no bias
     np.testing.assert_allclose(ours - bias, theirs, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_confidence_truncation_runs_cartography_then_retrains(tmp_path):
+    overrides = ["--config.data.synthetic.num_train=640", "--config.data.synthetic.num_eval=128",
+                 "--config.rm.eval_every=1000", "--config.rm.ctr.high=1.0"]
+    result = train_reward_model(load_config(f"{CONFIG}:ctr", overrides), str(tmp_path))
+    first = os.path.join(tmp_path, "cartography")
+    assert os.path.exists(os.path.join(first, "cartography.jsonl"))
+    assert os.path.exists(os.path.join(first, "cartography.png"))
+    kept = result["data"]["train"]["pairs"]
+    assert 0 < kept < result["data"]["train_before_intervention"]["pairs"]
+    from rlhf_jax.reward import cartography
+    stats = cartography.confidence_and_variability(
+        cartography.read_passes(os.path.join(first, "cartography.jsonl")))
+    assert kept == sum(c <= 1.0 for c, _ in stats.values())
+    assert np.isfinite(result["eval"]["accuracy"])
