@@ -101,8 +101,7 @@ def collate_pairs(examples: Sequence[dict], *, batch_size: int, buckets: Sequenc
     """Stack pair examples into fixed-shape arrays; missing rows get ``weight`` 0."""
     width = bucket_width(max(max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples),
                          buckets)
-    filler = batch_size - len(examples)
-    rows = list(examples) + [examples[0]] * filler
+    rows, real = _fill(examples, batch_size)
     batch = {}
     for side in ("chosen", "rejected"):
         ids = [e[f"{side}_ids"] for e in rows]
@@ -110,17 +109,26 @@ def collate_pairs(examples: Sequence[dict], *, batch_size: int, buckets: Sequenc
         batch[f"{side}_mask"] = pad_rows([np.ones_like(x) for x in ids], width, 0)
         batch[f"{side}_len"] = np.asarray([e[f"{side}_len"] for e in rows], np.int32)
     batch["index"] = np.asarray([e["index"] for e in rows], np.int32)
-    batch["weight"] = np.asarray([1.0] * len(examples) + [0.0] * filler, np.float32)
+    batch["weight"] = real.astype(np.float32)
     return batch
+
+
+FILLER = "_filler"
+
+
+def _fill(examples: Sequence[dict], batch_size: int) -> tuple:
+    """Rows completed to ``batch_size`` with copies of the first, and which rows are real."""
+    rows = list(examples) + [examples[0]] * (batch_size - len(examples))
+    real = np.asarray([i < len(examples) and not e.get(FILLER, False) for i, e in enumerate(rows)])
+    return rows, real
 
 
 def collate_sft(examples: Sequence[dict], *, batch_size: int, buckets: Sequence[int],
                 pad_id: int) -> dict:
     """Stack SFT examples: ``ids``, ``mask``, ``loss_mask`` (0 on filler rows)."""
     width = bucket_width(max(len(e["ids"]) for e in examples), buckets)
-    filler = batch_size - len(examples)
-    rows = list(examples) + [examples[0]] * filler
-    loss_masks = [e["loss_mask"] * (i < len(examples)) for i, e in enumerate(rows)]
+    rows, real = _fill(examples, batch_size)
+    loss_masks = [e["loss_mask"] * int(r) for e, r in zip(rows, real)]
     return {"ids": pad_rows([e["ids"] for e in rows], width, pad_id),
             "mask": pad_rows([np.ones_like(e["ids"]) for e in rows], width, 0),
             "loss_mask": pad_rows(loss_masks, width, 0)}

@@ -90,3 +90,12 @@ def test_sft_loss_mask_covers_the_response_and_eos(tokenizer):
         n_prompt, n_resp = len(row["prompt"].split()), len(row["response"].split())
         assert e["loss_mask"].tolist() == [0] * n_prompt + [1] * (n_resp + 1)
         assert e["ids"][-1] == tokenizer.eos_token_id
+
+
+def test_eval_batches_match_across_processes_and_fillers_weigh_nothing(examples):
+    _, out, _ = examples
+    per_process = [list(_batches(out[:37], train=False, process_index=i, process_count=3))
+                   for i in range(3)]
+    assert len({len(b) for b in per_process}) == 1
+    weights = sum(float(b["weight"].sum()) for batches in per_process for b in batches)
+    assert weights == 37
