@@ -21,14 +21,18 @@ class Checkpoints:
     """Checkpoints of one stage under ``directory``."""
 
     def __init__(self, directory: str, *, keep_latest: int = 1, keep_best: int = 1,
-                 best_metric: Optional[str] = None):
+                 best_metric: Optional[str] = None, best_mode: str = "max"):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        sign = 1.0 if best_mode == "max" else -1.0
+        score = lambda metrics: sign * metrics[best_metric]  # noqa: E731  higher = better
         policies = [preservation.LatestN(keep_latest)]
         if best_metric is not None:
-            policies.append(preservation.BestN(
-                get_metric_fn=lambda metrics: metrics[best_metric], n=keep_best,
-                keep_checkpoints_without_metrics=False))
+            policies.append(preservation.BestN(get_metric_fn=score, n=keep_best,
+                                               keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preservation.AnyPreservationPolicy(policies),
+            best_fn=score if best_metric is not None else None, best_mode="max",
             enable_async_checkpointing=False, create=True)
         self.best_metric = best_metric
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)

@@ -6,10 +6,12 @@ An experiment is a file under ``configs/`` whose ``get_config()`` returns an
 misspelt key anywhere later is an error rather than a silently new field.
 
 Overrides are typed by the field they replace: ``--config.rm.lr=2e-5`` must
-parse as the field's type (int, float, bool, str, tuple/list, or a
-``ConfigDict``-valued literal); ``None``-valued fields accept any Python literal
-(or fall back to the raw string). An unknown key or a value of the wrong type
-raises :class:`ConfigError` naming the key.
+parse as the field's type (int, float, bool, str, tuple/list; a section takes
+a dict literal); ``None``-valued fields accept any Python literal (or fall back
+to the raw string). The free-form sections ``*.options`` and ``*.overrides``
+also accept new keys (``--config.model.overrides.vocab_size=512``). Any other
+unknown key, or a value of the wrong type, raises :class:`ConfigError` naming
+the key.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def split_override(text: str) -> tuple:
     return key.strip(), value
 
 
+OPEN_SECTIONS = ("options", "overrides")
+"""Free-form sections (reader options, HF config overrides) whose keys the experiment cannot list."""
+
+
 def set_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
     """Set dotted ``key`` of ``config`` to ``raw`` parsed as the existing field's type."""
     *parents, leaf = key.split(".")
@@ -79,6 +85,10 @@ def set_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
             raise ConfigError(f"unknown config key {'.'.join(parents[:depth + 1])!r} "
                               f"(in override of {key!r})")
         node = node[part]
+    open_section = bool(parents) and parents[-1] in OPEN_SECTIONS
+    if isinstance(node, ml_collections.ConfigDict) and leaf not in node and open_section:
+        node[leaf] = parse_value(key, None, raw)  # free-form sections accept new keys
+        return
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         raise ConfigError(f"unknown config key {key!r}; known keys here: {known}")
@@ -112,6 +122,10 @@ def parse_value(key: str, current, raw: str):
             return raw
         raise ConfigError(f"config key {key!r} expects a {type(current).__name__} literal; "
                           f"got {raw!r}") from None
+    if isinstance(current, ml_collections.ConfigDict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} is a section; got {raw!r} (expected a dict literal)")
+        return ml_collections.ConfigDict(value)
     if current is not None and isinstance(current, (list, tuple)):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r} is a sequence; got {raw!r}")

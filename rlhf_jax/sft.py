@@ -18,31 +18,40 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from rlhf_jax import sharding, training
-from rlhf_jax.checkpoint import Checkpoints
-from rlhf_jax.config import save_config
+from rlhf_jax.config import ConfigError, save_config
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.preferences import hold_out, synthetic_task
-from rlhf_jax.data.records import require_text
+from rlhf_jax.data.records import DataError, require_text
+from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models import save_pretrained
-from rlhf_jax.models.build import causal_lm
-from rlhf_jax.reward.train import _host, load_tokenizer_for
+from rlhf_jax.models.build import causal_lm, load_tokenizer_for
+from rlhf_jax.reward.train import check_vocab
 from rlhf_jax.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
 
 def response_nll(params, batch, *, model):
-    """Mean next-token NLL over ``loss_mask`` positions (float32 log-softmax)."""
+    """Mean next-token NLL over ``loss_mask`` positions (float32 log-softmax).
+
+    ``weight`` (the token count) makes gradient accumulation a token mean over
+    the whole batch (:func:`rlhf_jax.training.accumulated_gradients`).
+    """
     logits = model.apply({"params": params}, batch["ids"], attention_mask=batch["mask"]).logits
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, batch["ids"][:, 1:, None], axis=-1)[..., 0]
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(weights), 1.0)
-    loss = jnp.sum(nll * weights) / count
-    return loss, ({"tokens": count}, {})
+    count = jnp.sum(weights)
+    loss = jnp.sum(nll * weights) / jnp.maximum(count, 1.0)
+    return loss, ({"weight": count}, {})
+
+
+def nll_sum_and_count(params, batch, *, model):
+    """``(Σ NLL, tokens)`` of a batch: eval sums these over batches for an exact token mean."""
+    loss, (scalars, _) = response_nll(params, batch, model=model)
+    return loss * scalars["weight"], scalars["weight"]
 
 
 def read_sft_jsonl(path: str) -> list:
@@ -55,11 +64,15 @@ def read_sft_jsonl(path: str) -> list:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {line_number}: broken JSON ({err.msg})") from None
+                raise DataError(f"{path} line {line_number}: broken JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {line_number}: expected a JSON object with keys "
+                                f"'prompt' and 'response', got {type(row).__name__}")
             rows.append({"id": str(row.get("id", f"sft-{line_number:06d}")),
-                         "prompt": require_text(row, "prompt", file=path, row_index=line_number),
+                         "prompt": require_text(row, "prompt", file=path, row_index=line_number - 1,
+                                                line=line_number),
                          "response": require_text(row, "response", file=path,
-                                                  row_index=line_number)})
+                                                  row_index=line_number - 1, line=line_number)})
     return rows
 
 
@@ -71,8 +84,8 @@ def sft_examples(config) -> tuple:
         rows = synthetic_task(config.data).sft_examples(config.data.synthetic.num_sft,
                                                         seed=config.data.synthetic.seed)
     else:
-        raise ValueError("sft needs sft.train_file (JSONL of {prompt, response}) unless "
-                         "data.source='synthetic'")
+        raise ConfigError("sft needs sft.train_file (JSONL of {prompt, response}) unless "
+                          "data.source='synthetic'")
     return hold_out(rows, config.sft.eval_fraction, config.seed)
 
 
@@ -86,61 +99,49 @@ def train_sft(config, workdir: str) -> dict:
         save_config(config, wd.file("config.json"))
     cfg, mesh = config.sft, sharding.make_mesh(**dict(config.mesh))
     tokenizer = load_tokenizer_for(config)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_rows, eval_rows = sft_examples(config)
     tokenize = functools.partial(pipeline.tokenize_sft, tokenizer=tokenizer,
                                  template=config.data.prompt_template,
                                  max_length=config.data.max_length)
-    train, _ = tokenize(train_rows, source="sft train")
-    evals, _ = tokenize(eval_rows, source="sft eval")
+    train, train_drops = tokenize(train_rows, source="sft train")
+    evals, eval_drops = tokenize(eval_rows, source="sft eval")
     model, params = causal_lm(config.model, jax.random.key(config.seed))
-    steps_per_epoch = pipeline.steps_per_epoch(len(train), cfg.batch_size, jax.process_count())
-    total = steps_per_epoch * cfg.epochs
-    tx = training.make_optimizer(lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total,
-                                 weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
+    check_vocab(tokenizer, model.config)
+    spec = LoopSpec(steps_per_epoch=pipeline.steps_per_epoch(len(train), cfg.batch_size,
+                                                             jax.process_count()),
+                    epochs=cfg.epochs, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                    best_metric="loss", best_mode="min", desc="sft")
+    tx = training.make_optimizer(lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                                 total_steps=spec.total_steps, weight_decay=cfg.weight_decay,
+                                 max_grad_norm=cfg.max_grad_norm)
     shardings = training.state_shardings(model, mesh, tx, params)
-    loss_fn = functools.partial(response_nll, model=model)
     batch_sh = sharding.batch_sharding(mesh)
-    step_fn = training.make_train_step(loss_fn, tx, accum_steps=cfg.accum_steps,
-                                       shardings=shardings, batch_sharding=batch_sh)
-    eval_fn = jax.jit(lambda p, b: loss_fn(p, b)[0], in_shardings=(shardings.params, batch_sh))
-    batches = functools.partial(pipeline.batches, collate=pipeline.collate_sft,
-                                buckets=tuple(sorted(config.data.buckets)), pad_id=pad_id,
-                                seed=config.seed, process_index=jax.process_index(),
-                                process_count=jax.process_count())
+    step_fn = training.make_train_step(functools.partial(response_nll, model=model), tx,
+                                       accum_steps=cfg.accum_steps, shardings=shardings,
+                                       batch_sharding=batch_sh)
+    eval_fn = jax.jit(functools.partial(nll_sum_and_count, model=model),
+                      in_shardings=(shardings.params, batch_sh))
+    batches = functools.partial(
+        pipeline.batches, collate=pipeline.collate_sft, buckets=tuple(sorted(config.data.buckets)),
+        pad_id=pipeline.pad_token_id(tokenizer), seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
 
     def evaluate(params):
-        losses = [float(_host(eval_fn(params, sharding.shard_batch(b, mesh))))
-                  for b in batches(evals, batch_size=cfg.eval_batch_size, train=False)]
-        return {"loss": float(np.mean(losses))}
+        sums = [sharding.to_host(eval_fn(params, sharding.shard_batch(b, mesh)))
+                for b in batches(evals, batch_size=cfg.eval_batch_size, train=False)]
+        total, tokens = np.sum([s for s, _ in sums]), np.sum([n for _, n in sums])
+        return {"loss": float(total / max(tokens, 1.0)), "tokens": float(tokens)}
 
-    ckpt = Checkpoints(wd.checkpoints, best_metric="neg_loss")
     with sharding.use_mesh(mesh):
         state = jax.jit(lambda p: training.init_state(p, tx), out_shardings=shardings)(
             jax.device_put(params, shardings.params))
-        start = ckpt.latest_step() or 0
-        if start:
-            state = ckpt.restore(start, state)
-        progress = tqdm(total=total, initial=start, desc="sft", disable=jax.process_index() != 0)
-        for step in range(start, total):
-            epoch, i = divmod(step, steps_per_epoch)
-            if i == 0 or step == start:
-                epoch_batches = batches(train, batch_size=cfg.batch_size, epoch=epoch)
-            state, metrics = step_fn(state, sharding.shard_batch(epoch_batches[i], mesh))
-            progress.update(1)
-            if (step + 1) % cfg.log_every == 0:
-                scalars = _host({k: v for k, v in metrics.items() if k != "per_example"})
-                wd.log_metrics(step + 1, scalars)
-                progress.set_postfix(loss=f"{scalars['loss']:.3f}")
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
-                metrics = evaluate(state.params)
-                wd.log_metrics(step + 1, metrics, split="eval")
-                ckpt.save(step + 1, state, {"neg_loss": -metrics["loss"]})
-        progress.close()
-        final = evaluate(state.params)
-    ckpt.close()
+    state, outcome = run_training(
+        state, step_fn=step_fn, spec=spec, mesh=mesh, workdir=wd, evaluate=evaluate,
+        epoch_batches=lambda epoch: batches(train, batch_size=cfg.batch_size, epoch=epoch))
     save_pretrained(model, state.params, wd.export, tokenizer=tokenizer)
-    result = {"eval": final, "steps": total, "train_examples": len(train),
+    result = {**outcome, "steps": spec.total_steps, "train_examples": len(train),
+              "eval_examples": len(evals), "dropped_train": train_drops.counts,
+              "dropped_eval": eval_drops.counts,
               "num_params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
     wd.write_json("result.json", result)
     wd.close()

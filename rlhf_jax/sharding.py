@@ -155,6 +155,19 @@ def shard_batch(batch, mesh: Mesh):
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+def to_host(tree):
+    """Device arrays → numpy on every process, gathering shards held by other processes.
+
+    A collective when arrays span several processes: call it on every process.
+    """
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+            x = multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(fetch, tree)
+
+
 def optimizer_state_shardings(tx, opt_state_shape, params_shardings, mesh: Mesh):
     """Shardings for an optax state: param-shaped leaves follow the params, the rest replicated."""
     import optax

@@ -61,21 +61,34 @@ def state_shardings(model, mesh, tx, params, rules=sharding.DEFAULT_RULES) -> Tr
 
 
 def split_microbatches(batch, accum_steps: int):
-    """``[accum·micro, ...]`` leaves → ``[accum, micro, ...]``."""
+    """``[rows, ...]`` leaves → ``[accum, rows/accum, ...]``, micro-batch ``k`` = rows ``k, k+accum, …``.
+
+    Strided, so that every micro-batch takes rows from every data shard: with
+    the batch split over devices, each scan step keeps all devices busy without
+    resharding. :func:`merge_microbatches` restores the original row order.
+    """
     def split(x):
         if x.shape[0] % accum_steps:
             raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {accum_steps} "
                              "gradient-accumulation micro-batches")
-        return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+        return jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 0, 1)
     return jax.tree.map(split, batch)
+
+
+def merge_microbatches(tree):
+    """Inverse of :func:`split_microbatches` for per-row outputs ``[accum, micro, ...]``."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
 def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
     """Loss, gradients and metrics over ``accum_steps`` micro-batches (a ``lax.scan``).
 
-    ``loss_fn(params, batch) -> (loss, (scalars, per_example))``: the loss, the
-    scalars and the gradients are averaged over micro-batches; ``per_example``
-    arrays (leading axis = rows) come back for the whole batch, in order.
+    ``loss_fn(params, batch) -> (loss, (scalars, per_example))`` where ``loss`` is
+    a mean over the micro-batch's units (tokens, pairs) and ``scalars["weight"]``
+    (optional, default 1) is their number. Loss, gradients and scalars are
+    averaged over micro-batches weighted by it, so the result is the mean over
+    the whole batch's units, whatever ``accum_steps`` is. ``per_example`` arrays
+    (leading axis = rows) come back for the whole batch, in order.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
@@ -84,27 +97,30 @@ def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
 
     def body(carry, micro):
         (loss, (scalars, per_example)), grads = grad_fn(params, micro)
-        return jax.tree.map(jnp.add, carry, (loss, grads, scalars)), per_example
+        w = scalars.get("weight", jnp.float32(1.0))
+        weighted = jax.tree.map(lambda x: x * w, (loss, grads, scalars))
+        total, total_w = carry
+        return (jax.tree.map(jnp.add, total, weighted), total_w + w), per_example
 
     micro = split_microbatches(batch, accum_steps)
     first = jax.tree.map(lambda x: x[0], micro)
-    out_shape = jax.eval_shape(grad_fn, params, first)
-    (loss_s, (scalars_s, _)), grads_s = out_shape
+    (loss_s, (scalars_s, _)), grads_s = jax.eval_shape(grad_fn, params, first)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, grads_s, scalars_s))
-    total, per_example = jax.lax.scan(body, zeros, micro)
-    loss, grads, scalars = jax.tree.map(lambda x: x / accum_steps, total)
-    per_example = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), per_example)
-    return loss, grads, scalars, per_example
+    (total, total_w), per_example = jax.lax.scan(body, (zeros, jnp.float32(0.0)), micro)
+    loss, grads, scalars = jax.tree.map(lambda x: x / jnp.maximum(total_w, 1e-12), total)
+    if "weight" in scalars:
+        scalars = {**scalars, "weight": total_w}
+    return loss, grads, scalars, merge_microbatches(per_example)
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, accum_steps: int = 1,
                     shardings: TrainState = None, batch_sharding=None, donate: bool = True):
     """``(state, batch) -> (state, metrics)``: one optimizer update, jitted with explicit shardings.
 
-    ``loss_fn(params, batch) -> (loss, (scalars, per_example))``. ``metrics`` =
-    the scalars (``loss``, ``grad_norm`` and the loss function's own, averaged
-    over micro-batches) plus ``per_example`` rows (e.g. reward margins, for the
-    cartography log).
+    ``loss_fn(params, batch) -> (loss, (scalars, per_example))`` (see
+    :func:`accumulated_gradients`). ``metrics`` = the scalars (``loss``,
+    ``grad_norm`` and the loss function's own) plus ``per_example`` rows (e.g.
+    reward margins, for the cartography log).
     """
     def step(state: TrainState, batch):
         loss, grads, scalars, per_example = accumulated_gradients(

@@ -85,3 +85,16 @@ def test_every_shipped_config_loads_and_documents_itself(name):
     path = os.path.join(ROOT, name.split(":")[0])
     doc = open(path).read().split('"""')[1]
     assert "rlhf-jax " in doc and "Sized for" in doc, f"{path}: docstring lacks command/hardware"
+
+
+def test_free_form_sections_accept_new_keys_and_dicts(tmp_path):
+    path = tmp_path / "exp.py"
+    path.write_text("import ml_collections\ndef get_config():\n    return ml_collections.ConfigDict("
+                    "{'model': {'overrides': {}}, 'data': {'options': {'ties': 'second'}}})\n")
+    cfg = load_config(str(path), ["--config.model.overrides.vocab_size=512",
+                                  "--config.data.options.ties=drop",
+                                  "--config.data.options={'empty': 'drop'}"])
+    assert cfg.model.overrides.vocab_size == 512
+    assert dict(cfg.data.options) == {"empty": "drop"}
+    with pytest.raises(ConfigError, match="is a section"):
+        load_config(str(path), ["--config.data.options=3"])

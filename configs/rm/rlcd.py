@@ -12,7 +12,8 @@ Command::
         --config.model.init=/path/to/llama-7b-hf \\
         --config.data.path=simulated_preference_data_consolidated_helpful7b.csv
 
-Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, bfloat16, remat).
+Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, float32
+master weights, bfloat16 compute, remat).
 """
 
 from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
@@ -23,5 +24,4 @@ VARIANTS = INTERVENTIONS
 def get_config(intervention: str = "none"):
     config = paper_reward_model_config("rlcd", intervention)
     config.data.eval_split = "eval"
-    config.rm.ctr.high = 2.0
     return config

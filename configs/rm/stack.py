@@ -10,7 +10,8 @@ Command::
     rlhf-jax train-rm --config configs/rm/stack.py[:bal|:rda|:ctr] --workdir runs/rm_stack \\
         --config.model.init=/path/to/llama-7b-hf [--config.data.path=stack-exchange-paired/data]
 
-Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, bfloat16, remat).
+Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, float32
+master weights, bfloat16 compute, remat).
 """
 
 from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
@@ -24,5 +25,4 @@ def get_config(intervention: str = "none"):
     config.data.train_split = "reward"
     config.data.eval_split = "evaluation"
     config.data.max_eval_pairs = 5000  # the evaluation folder is large; the paper evaluated a sample
-    config.rm.ctr.high = 2.0
     return config

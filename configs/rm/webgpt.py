@@ -11,7 +11,8 @@ Command::
     rlhf-jax train-rm --config configs/rm/webgpt.py[:bal|:rda|:ctr] --workdir runs/rm_webgpt \\
         --config.model.init=/path/to/llama-7b-hf [--config.data.path=comparisons.jsonl]
 
-Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, bfloat16, remat).
+Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, float32
+master weights, bfloat16 compute, remat).
 """
 
 from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
@@ -23,5 +24,4 @@ def get_config(intervention: str = "none"):
     config = paper_reward_model_config("webgpt", intervention)
     config.data.options = {"ties": "second", "empty": "drop"}
     config.data.eval_split = "eval"
-    config.rm.ctr.high = 2.0  # C-TR: drop the examples learned with the highest confidence
     return config

@@ -96,11 +96,8 @@ def pad_rows(rows: Sequence[np.ndarray], width: int, pad_value: int = 0) -> np.n
     return out
 
 
-def collate_pairs(examples: Sequence[dict], *, batch_size: int, buckets: Sequence[int],
-                  pad_id: int) -> dict:
-    """Stack pair examples into fixed-shape arrays; missing rows get ``weight`` 0."""
-    width = bucket_width(max(max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples),
-                         buckets)
+def collate_pairs(examples: Sequence[dict], *, batch_size: int, width: int, pad_id: int) -> dict:
+    """Stack pair examples into ``[batch_size, width]`` arrays; filler rows get ``weight`` 0."""
     rows, real = _fill(examples, batch_size)
     batch = {}
     for side in ("chosen", "rejected"):
@@ -123,10 +120,8 @@ def _fill(examples: Sequence[dict], batch_size: int) -> tuple:
     return rows, real
 
 
-def collate_sft(examples: Sequence[dict], *, batch_size: int, buckets: Sequence[int],
-                pad_id: int) -> dict:
-    """Stack SFT examples: ``ids``, ``mask``, ``loss_mask`` (0 on filler rows)."""
-    width = bucket_width(max(len(e["ids"]) for e in examples), buckets)
+def collate_sft(examples: Sequence[dict], *, batch_size: int, width: int, pad_id: int) -> dict:
+    """Stack SFT examples into ``[batch_size, width]``: ``ids``, ``mask``, ``loss_mask`` (0 on fillers)."""
     rows, real = _fill(examples, batch_size)
     loss_masks = [e["loss_mask"] * int(r) for e, r in zip(rows, real)]
     return {"ids": pad_rows([e["ids"] for e in rows], width, pad_id),
@@ -137,22 +132,47 @@ def collate_sft(examples: Sequence[dict], *, batch_size: int, buckets: Sequence[
 def batches(examples: Sequence[dict], collate, *, batch_size: int, buckets: Sequence[int],
             pad_id: int, seed: Optional[int] = None, epoch: int = 0, train: bool = True,
             process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-    """One epoch of batches for this process as a grain ``MapDataset``.
+    """One epoch of this process's batches as a grain ``MapDataset`` (``batch_size`` per process).
 
-    ``train``: shuffled with ``seed + epoch``, trimmed to a multiple of
-    ``batch_size · process_count`` so that every process runs the same number of
-    steps, full batches only. Otherwise (eval): no shuffle, every example once,
-    the last batch completed with zero-weight filler rows.
-    ``batch_size`` is per process.
+    Global batches of ``batch_size · process_count`` rows are formed first and
+    each process keeps its own contiguous ``batch_size`` rows of each: the
+    shards are disjoint and cover the set, and every process pads to the same
+    bucket width (the global batch's), so the global array has one shape.
+    ``train``: shuffled with a seed derived from ``(seed, epoch)``, trimmed to
+    whole global batches. Otherwise (eval): no shuffle, every example once;
+    zero-weight filler rows complete the last global batch.
     """
-    dataset = grain.MapDataset.source(list(examples))
+    examples = list(examples)
+    global_batch = batch_size * process_count
+    if not train and examples:
+        examples += [{**examples[0], FILLER: True}] * (-len(examples) % global_batch)
+    dataset = grain.MapDataset.source(examples)
     if train:
-        dataset = dataset.shuffle(seed=seed + epoch)
-        usable = len(dataset) // (batch_size * process_count) * batch_size * process_count
-        dataset = dataset[:usable]
-    dataset = dataset[process_index::process_count]
-    fn = lambda rows: collate(rows, batch_size=batch_size, buckets=buckets, pad_id=pad_id)  # noqa: E731
-    return dataset.batch(batch_size, drop_remainder=train, batch_fn=fn)
+        dataset = dataset.shuffle(seed=epoch_seed(seed, epoch))
+        dataset = dataset[:len(dataset) // global_batch * global_batch]
+
+    def local(rows):
+        width = bucket_width(max(_longest(r) for r in rows), buckets)
+        mine = rows[process_index * batch_size:(process_index + 1) * batch_size]
+        return collate(mine, batch_size=batch_size, width=width, pad_id=pad_id)
+    return dataset.batch(global_batch, drop_remainder=train, batch_fn=local)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A shuffle seed per (seed, epoch) pair that does not collide across seeds."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _longest(example: dict) -> int:
+    return max(len(example[k]) for k in ("chosen_ids", "rejected_ids", "ids") if k in example)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id, else 0 (masks mark padding either way)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, process_count: int = 1) -> int:

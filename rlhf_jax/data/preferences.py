@@ -5,8 +5,8 @@ memory) or a TFDS builder name of :mod:`rlhf_jax.data.builders` (``webgpt``,
 ``stack_exchange``, ``rlcd``, ``hh_rlhf``, ``local``) read from ``data.path``
 (a local copy; empty = download) into ``data.data_dir``. Without an eval split
 (``data.eval_split = ""``), a seeded ``data.eval_fraction`` of the train split is
-held out. ``data.max_train_pairs``/``max_eval_pairs`` (0 = all) cap the sizes
-after that, for quick runs.
+held out. ``data.max_train_pairs``/``max_eval_pairs`` (0 = all) keep a seeded random
+subset of that size, for quick runs.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def preference_splits(data_cfg) -> tuple:
             eval_ = load(data_cfg.eval_split)
         else:
             train, eval_ = hold_out(train, data_cfg.eval_fraction, data_cfg.seed)
-    train = _cap(train, data_cfg.max_train_pairs)
-    eval_ = _cap(eval_, data_cfg.max_eval_pairs)
+    train = _cap(train, data_cfg.max_train_pairs, data_cfg.seed)
+    eval_ = _cap(eval_, data_cfg.max_eval_pairs, data_cfg.seed + 1)
     log.info("%s: %d train pairs, %d eval pairs", data_cfg.source, len(train), len(eval_))
     return train, eval_
 
@@ -65,5 +65,9 @@ def hold_out(pairs: list, fraction: float, seed: int) -> tuple:
     return [pairs[i] for i in sorted(order[n_eval:])], [pairs[i] for i in sorted(order[:n_eval])]
 
 
-def _cap(pairs: list, limit: int) -> list:
-    return pairs[:limit] if limit and limit > 0 else pairs
+def _cap(pairs: list, limit: int, seed: int) -> list:
+    """A seeded random subset of ``limit`` pairs, in their original order (``limit`` ≤ 0: all)."""
+    if not limit or limit <= 0 or limit >= len(pairs):
+        return pairs
+    keep = np.random.default_rng(seed).choice(len(pairs), limit, replace=False)
+    return [pairs[i] for i in sorted(keep)]

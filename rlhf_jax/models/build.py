@@ -17,9 +17,7 @@ reward equally, which Bradley–Terry does not see).
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Optional
 
 import jax
 import numpy as np
@@ -29,8 +27,8 @@ from rlhf_jax.models import (CausalLM, ScalarModel, config_from_hf, init_params,
                              load_tokenizer)
 from rlhf_jax.models.errors import CheckpointError
 from rlhf_jax.models.families import family_named
-from rlhf_jax.models.hf import (CONFIG_FILE, SAFETENSORS_FILE, _atomic_write, _write_json,
-                                open_safetensors, params_to_tensors, read_config)
+from rlhf_jax.models.hf import (CONFIG_FILE, SAFETENSORS_FILE, _atomic_write, _to_host,
+                                _write_json, open_safetensors, params_to_tensors, read_config)
 from rlhf_jax.models.presets import preset_config
 
 SCALAR_ARCHITECTURES = {"llama": "LlamaForSequenceClassification",
@@ -87,6 +85,14 @@ def tokenizer_for(spec_tokenizer: str, model_init: str):
     return load_tokenizer(path)
 
 
+def load_tokenizer_for(config):
+    """The experiment's tokenizer: the synthetic task's own, or ``data.tokenizer`` / the model's."""
+    if config.data.source == "synthetic" and not config.data.tokenizer:
+        from rlhf_jax.data.preferences import synthetic_task
+        return synthetic_task(config.data).tokenizer()
+    return tokenizer_for(config.data.tokenizer, config.model.init)
+
+
 def is_scalar_export(path: str) -> bool:
     if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
         return False
@@ -99,7 +105,7 @@ def save_scalar_model(model: ScalarModel, params, path: str, tokenizer=None) -> 
     cfg = model.config
     trunk_cfg = cfg.replace(tie_word_embeddings=True)  # the trunk's tensors only: no LM head
     tensors = params_to_tensors(trunk_cfg, {"model": params["model"]})
-    head = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params["score"])
+    head = jax.tree.map(_to_host, params["score"])  # gathers shards held by other hosts
     tensors["score.weight"] = head["kernel"][None, :]
     tensors["score.bias"] = np.reshape(head["bias"], (1,))
     if jax.process_index() != 0:
@@ -137,12 +143,3 @@ def load_scalar_model(path: str, readout: str = "last") -> tuple:
     params = params_from_tensors(trunk_cfg, family_named(cfg.family), trunk)
     params["score"] = {"kernel": head["score.weight"][0], "bias": head["score.bias"][0]}
     return ScalarModel(cfg, readout=readout), jax.device_put(params)
-
-
-def export_info(path: str) -> Optional[dict]:
-    """The ``config.json`` of an export, or ``None``."""
-    file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(file):
-        return None
-    with open(file) as f:
-        return json.load(f)

@@ -35,8 +35,8 @@ def append_pass(path: str, pass_index: int, ids: Sequence[str], margins: Sequenc
         f.write(json.dumps(record) + "\n")
 
 
-def read_passes(path: str) -> list:
-    """The per-pass ``{id: margin}`` dicts of a log, in pass order (a repeated pass: last wins)."""
+def read_passes(path: str) -> dict:
+    """``{pass index: {id: margin}}`` of a log (a repeated pass: the last record wins)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no cartography log (train a reward model with "
                                 "rm.cartography=True first)")
@@ -49,18 +49,25 @@ def read_passes(path: str) -> list:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path} line {line_number}: not a cartography record ({err})") \
                     from None
-    return [passes[k] for k in sorted(passes)]
+    return passes
 
 
-def confidence_and_variability(passes: Sequence[dict]) -> dict:
-    """``{id: (confidence, variability)}``: mean and std of the margins of passes 2, 3, ….
+def confidence_and_variability(passes: dict) -> dict:
+    """``{id: (confidence, variability)}``: mean and std of the margins of passes 1, 2, … (pass 0 skipped).
 
-    Needs at least two passes; an id missing from some later pass is averaged
-    over the passes that have it.
+    ``passes`` is :func:`read_passes`' ``{pass index: {id: margin}}``. Needs at
+    least one pass after the first (with a single one, variability is 0); an id
+    missing from some pass is averaged over the passes that have it; missing
+    pass indices are logged.
     """
-    if len(passes) < 2:
-        raise ValueError(f"cartography needs ≥ 2 passes (the first is skipped); got {len(passes)}")
-    later = passes[1:]
+    later_keys = sorted(k for k in passes if k > 0)
+    if not later_keys:
+        raise ValueError(f"cartography needs ≥ 2 passes (pass 0 is skipped); got passes "
+                         f"{sorted(passes)}")
+    missing = sorted(set(range(1, max(later_keys) + 1)) - set(later_keys))
+    if missing:
+        log.warning("cartography log lacks passes %s (resumed part-way through them)", missing)
+    later = [passes[k] for k in later_keys]
     ids = set().union(*[p.keys() for p in later])
     stats = {}
     for example_id in ids:
@@ -69,9 +76,23 @@ def confidence_and_variability(passes: Sequence[dict]) -> dict:
     return stats
 
 
-def select_by_confidence(examples: Sequence[dict], stats: dict, *, low: float, high: float) -> list:
+def thresholds(stats: dict, low: float, high: float, *, by: str = "value") -> tuple:
+    """``(low, high)`` confidence bounds: as given (``by="value"``) or as quantiles of the confidences."""
+    if by == "value":
+        return low, high
+    if by == "quantile":
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"C-TR quantile bounds must satisfy 0 ≤ low ≤ high ≤ 1; got {low}, {high}")
+        confidence = np.asarray([c for c, _ in stats.values()])
+        return float(np.quantile(confidence, low)), float(np.quantile(confidence, high))
+    raise ValueError(f"rm.ctr.by must be 'value' or 'quantile', got {by!r}")
+
+
+def select_by_confidence(examples: Sequence[dict], stats: dict, *, low: float, high: float,
+                         drops: DropCounter = None) -> list:
     """C-TR: the examples whose confidence is in ``[low, high]`` (no statistics: dropped, counted)."""
-    drops, kept = DropCounter(), []
+    drops = DropCounter() if drops is None else drops
+    kept = []
     for example in examples:
         entry = stats.get(example["id"])
         if entry is None:

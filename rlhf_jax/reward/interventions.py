@@ -38,37 +38,40 @@ def length_heuristic(chosen_lengths: Sequence[int], rejected_lengths: Sequence[i
     return float(np.mean(chosen > rejected))
 
 
-def length_difference_bins(diffs: np.ndarray, bin_width: int = 10, limit: int = 200) -> np.ndarray:
-    """Bin index of each length difference ``d`` over ``(−limit, limit]``.
+def length_difference_bins(diffs: np.ndarray, bin_width: int = 10) -> np.ndarray:
+    """Signed bin of each length difference ``d``: ``+(k+1)`` for ``d ∈ (k·w, (k+1)·w]``, ``−(k+1)`` for its mirror.
 
-    Bin ``k ≥ 0`` holds ``d ∈ (k·w, (k+1)·w]``; bin ``−k−1`` holds ``d ∈ (−(k+1)·w, −k·w]``,
-    its mirror. So ``d = 0`` falls in bin ``−1`` (``(−w, 0]``) whose mirror is bin 0
-    (``(0, w]``): ties can only pair up with small positive differences, never
-    with themselves.
+    Bins are mirror images in ``|d|``: ``(0, 10]`` pairs with ``[−10, 0)``, and so
+    on. Ties (``d = 0``) get bin 0, which has no mirror.
     """
-    return np.ceil(np.asarray(diffs) / bin_width).astype(np.int64) - 1
+    diffs = np.asarray(diffs)
+    return (np.sign(diffs) * np.ceil(np.abs(diffs) / bin_width)).astype(np.int64)
 
 
 def balance_by_length(examples: Sequence[dict], *, seed: int, bin_width: int = 10,
-                      limit: int = 200) -> list:
-    """BAL (§4.2): sample equal numbers of pairs from each mirrored length-difference bin.
+                      limit: int = 200, drops: DropCounter = None) -> list:
+    """BAL (§4.2): equal numbers of chosen-longer and chosen-shorter pairs per length-difference bin.
 
-    ``d = chosen_len − rejected_len`` in tokens, 10-token bins over ``(−200, 200]``;
-    each positive bin ``(k·w, (k+1)·w]`` is paired with its mirror ``(−(k+1)·w, −k·w]``
-    and ``min(n_neg, n_pos)`` examples are drawn without replacement from each
-    (seeded); pairs with ``d`` outside ``(−200, 200]`` are dropped. The kept examples keep their
-    original order. Drops are counted and logged.
+    ``d = chosen_len − rejected_len`` in tokens, 10-token bins of ``|d|`` up to
+    200; each bin ``d ∈ (k·w, (k+1)·w]`` is paired with its mirror ``d ∈
+    [−(k+1)·w, −k·w)`` and ``min(n_neg, n_pos)`` examples are drawn without
+    replacement from each (seeded). Pairs with ``|d| > 200`` are dropped. Ties
+    (``d = 0``: neither response longer) carry no length preference and are all
+    kept. The kept examples keep their original order; drops are counted (into
+    ``drops`` when given) and logged. Deviation: the paper bins over
+    ``(−200, 200]``; mirroring in ``|d|`` makes each bin pair exactly symmetric
+    for integer lengths.
     """
     rng = np.random.default_rng(seed)
     diffs = np.asarray([e["chosen_len"] - e["rejected_len"] for e in examples])
-    bins = length_difference_bins(diffs, bin_width, limit)
-    inside = (diffs > -limit) & (diffs <= limit)
-    drops = DropCounter()
-    drops.add(f"length difference outside (-{limit}, {limit}] tokens", int(np.sum(~inside)))
-    keep = []
-    for k in range(int(np.ceil(limit / bin_width))):
+    bins = length_difference_bins(diffs, bin_width)
+    inside = np.abs(diffs) <= limit
+    drops = DropCounter() if drops is None else drops
+    drops.add(f"|length difference| > {limit} tokens", int(np.sum(~inside)))
+    keep = list(np.flatnonzero(inside & (bins == 0)))
+    for k in range(1, int(np.ceil(limit / bin_width)) + 1):
         positive = np.flatnonzero(inside & (bins == k))
-        negative = np.flatnonzero(inside & (bins == -k - 1))
+        negative = np.flatnonzero(inside & (bins == -k))
         n = min(len(positive), len(negative))
         keep += list(rng.choice(positive, n, replace=False)) + list(rng.choice(negative, n, replace=False))
         drops.add("unmatched in its mirrored length bin", len(positive) + len(negative) - 2 * n)
@@ -77,25 +80,29 @@ def balance_by_length(examples: Sequence[dict], *, seed: int, bin_width: int = 1
 
 
 def random_data_augmentation(pairs: Sequence[dict], *, fraction: float = 0.25, seed: int) -> list:
-    """R-DA (§4.2): add ``fraction·N`` pairs (prompt, its own chosen ≻ another example's chosen).
+    """R-DA (§4.2): add ``fraction·N`` pairs (prompt, its own chosen ≻ another question's chosen).
 
     For a seeded random subset of ``round(fraction·N)`` examples, a new pair keeps
     the example's prompt and chosen response and takes as rejected the chosen
-    response of a different, randomly drawn example (an answer to another
-    question, which should lose whatever its length). New ids are
-    ``"{id}/rda"``. The result (originals + augmented) is shuffled with the seed.
+    response of a randomly drawn example *with a different prompt* (an answer to
+    another question, which should lose whatever its length; datasets such as
+    Stack Exchange repeat questions, whose answers would not be wrong). New ids
+    are ``"{id}/rda"``. The result (originals + augmented) is shuffled with the seed.
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"R-DA fraction must be in [0, 1], got {fraction}")
-    if len(pairs) < 2:
-        raise ValueError("R-DA needs at least two pairs to draw a mismatched answer")
+    if len({p["prompt"] for p in pairs}) < 2:
+        raise ValueError("R-DA needs pairs with at least two different prompts")
     rng = np.random.default_rng(seed)
     n = len(pairs)
     picked = rng.choice(n, int(round(fraction * n)), replace=False)
-    offsets = rng.integers(1, n, size=len(picked))  # another example: never the same one
-    augmented = [{"id": f"{pairs[i]['id']}/rda", "prompt": pairs[i]["prompt"],
-                  "chosen": pairs[i]["chosen"], "rejected": pairs[(i + o) % n]["chosen"]}
-                 for i, o in zip(picked, offsets)]
+    augmented = []
+    for i in picked:
+        j = int(rng.integers(n))
+        while pairs[j]["prompt"] == pairs[i]["prompt"]:
+            j = int(rng.integers(n))
+        augmented.append({"id": f"{pairs[i]['id']}/rda", "prompt": pairs[i]["prompt"],
+                          "chosen": pairs[i]["chosen"], "rejected": pairs[j]["chosen"]})
     combined = list(pairs) + augmented
     order = rng.permutation(len(combined))
     return [combined[i] for i in order]

@@ -25,14 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats as scipy_stats
-from tqdm.auto import tqdm
 
 from rlhf_jax import sharding, training
-from rlhf_jax.checkpoint import Checkpoints
-from rlhf_jax.config import save_config
+from rlhf_jax.config import ConfigError, save_config
 from rlhf_jax.data import pipeline
-from rlhf_jax.data.preferences import preference_splits, synthetic_task
-from rlhf_jax.models.build import save_scalar_model, scalar_model, tokenizer_for
+from rlhf_jax.data.preferences import preference_splits
+from rlhf_jax.data.records import DropCounter
+from rlhf_jax.defaults import INTERVENTIONS
+from rlhf_jax.loop import LoopSpec, run_training
+from rlhf_jax.models.build import load_tokenizer_for, save_scalar_model, scalar_model
 from rlhf_jax.reward import cartography, interventions
 from rlhf_jax.reward.losses import bradley_terry_loss
 from rlhf_jax.workdir import Workdir
@@ -42,20 +43,15 @@ log = logging.getLogger(__name__)
 CARTOGRAPHY_LOG = "cartography.jsonl"
 
 
-def load_tokenizer_for(config):
-    if config.data.source == "synthetic" and not config.data.tokenizer:
-        return synthetic_task(config.data).tokenizer()
-    return tokenizer_for(config.data.tokenizer, config.model.init)
-
-
 def reward_loss(params, batch, *, model, margin: float, center_coef: float):
     """Bradley–Terry loss of one batch: chosen and rejected rows in one forward."""
     rewards_c, rewards_r = score_pairs(model, params, batch)
     loss, diff = bradley_terry_loss(rewards_c, rewards_r, batch["weight"], margin=margin,
                                     center_coef=center_coef)
     w = batch["weight"]
-    scalars = {"accuracy": jnp.sum((diff > 0) * w) / jnp.maximum(jnp.sum(w), 1.0),
-               "reward_mean": jnp.sum((rewards_c + rewards_r) * w) / jnp.maximum(2 * jnp.sum(w), 1.0)}
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    scalars = {"accuracy": jnp.sum((diff > 0) * w) / n,
+               "reward_mean": jnp.sum((rewards_c + rewards_r) * w) / (2 * n), "weight": jnp.sum(w)}
     return loss, (scalars, {"margin": diff, "index": batch["index"], "weight": w})
 
 
@@ -80,26 +76,26 @@ def eval_metrics(rewards_c, rewards_r, len_c, len_r) -> dict:
             "num_pairs": int(len(rewards_c))}
 
 
-def _host(tree):
-    """Device → host numpy, gathering across processes when needed."""
-    def fetch(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            from jax.experimental import multihost_utils
-            x = multihost_utils.process_allgather(x, tiled=True)
-        return np.asarray(jax.device_get(x))
-    return jax.tree.map(fetch, tree)
+def score_rows(model, params, batch) -> dict:
+    """Rewards of a batch with the row data eval needs, all as (globally sharded) device arrays."""
+    rewards_c, rewards_r = score_pairs(model, params, batch)
+    return {"r_c": rewards_c, "r_r": rewards_r, "weight": batch["weight"],
+            "len_c": batch["chosen_len"], "len_r": batch["rejected_len"]}
 
 
 class RewardTrainer:
     """Builds the model, data, mesh and compiled steps of one reward-model run."""
 
     def __init__(self, config, workdir: str):
+        if config.rm.intervention not in INTERVENTIONS:
+            raise ConfigError(f"config key 'rm.intervention' = {config.rm.intervention!r}; "
+                              f"expected one of {INTERVENTIONS}")
         self.config = config
         self.rm = config.rm
         self.workdir = Workdir(workdir)
         self.mesh = sharding.make_mesh(**dict(config.mesh))
         self.tokenizer = load_tokenizer_for(config)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.pad_id = pipeline.pad_token_id(self.tokenizer)
         self.buckets = tuple(sorted(config.data.buckets))
 
     # ----- data ---------------------------------------------------------------------------
@@ -116,37 +112,38 @@ class RewardTrainer:
         train, train_drops = tokenize(train_pairs, source=f"{data.source} train")
         evals, eval_drops = tokenize(eval_pairs, source=f"{data.source} eval")
         before = dataset_stats(train)
+        intervention_drops = DropCounter()
         if self.rm.intervention == "bal":
-            train = interventions.balance_by_length(train, seed=self.config.seed,
-                                                    bin_width=self.rm.bal.bin_width,
-                                                    limit=self.rm.bal.limit)
+            train = interventions.balance_by_length(
+                train, seed=self.config.seed, bin_width=self.rm.bal.bin_width,
+                limit=self.rm.bal.limit, drops=intervention_drops)
         elif self.rm.intervention == "ctr":
-            train = cartography.select_by_confidence(train, cartography_stats,
-                                                     low=self.rm.ctr.low, high=self.rm.ctr.high)
+            low, high = cartography.thresholds(cartography_stats, self.rm.ctr.low, self.rm.ctr.high,
+                                               by=self.rm.ctr.by)
+            train = cartography.select_by_confidence(train, cartography_stats, low=low, high=high,
+                                                     drops=intervention_drops)
         if len(train) < self.rm.batch_size * jax.process_count():
             raise ValueError(f"only {len(train)} training pairs left after filtering; need at least "
-                             f"one batch of {self.rm.batch_size}")
-        return {"train": train, "eval": evals, "train_pairs": train_pairs,
+                             f"one batch of {self.rm.batch_size} per process")
+        return {"train": train, "eval": evals,
                 "stats": {"train_before_intervention": before, "train": dataset_stats(train),
                           "eval": dataset_stats(evals), "dropped_train": train_drops.counts,
-                          "dropped_eval": eval_drops.counts}}
+                          "dropped_eval": eval_drops.counts,
+                          "dropped_by_intervention": intervention_drops.counts}}
 
     # ----- model and steps ----------------------------------------------------------------
     def build(self, num_train: int):
         rm = self.rm
         key = jax.random.key(self.config.seed)
         model, params = scalar_model(self.config.model, key, readout="last")
-        vocab = model.config.vocab_size
-        if len(self.tokenizer) > vocab:
-            raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size "
-                             f"is {vocab}: set model.overrides.vocab_size (presets) or use the "
-                             "checkpoint's tokenizer")
+        check_vocab(self.tokenizer, model.config)
         self.model = model
-        self.steps_per_epoch = pipeline.steps_per_epoch(num_train, rm.batch_size,
-                                                        jax.process_count())
-        self.total_steps = self.steps_per_epoch * rm.epochs
+        self.spec = LoopSpec(
+            steps_per_epoch=pipeline.steps_per_epoch(num_train, rm.batch_size, jax.process_count()),
+            epochs=rm.epochs, log_every=rm.log_every, eval_every=rm.eval_every,
+            best_metric="accuracy", best_mode="max", desc="reward model")
         self.tx = training.make_optimizer(
-            lr=rm.lr, warmup_steps=rm.warmup_steps, total_steps=self.total_steps,
+            lr=rm.lr, warmup_steps=rm.warmup_steps, total_steps=self.spec.total_steps,
             weight_decay=rm.weight_decay, max_grad_norm=rm.max_grad_norm)
         self.shardings = training.state_shardings(model, self.mesh, self.tx, params)
         with sharding.use_mesh(self.mesh):
@@ -155,12 +152,12 @@ class RewardTrainer:
                             out_shardings=self.shardings)(params)
         loss = functools.partial(reward_loss, model=model, margin=rm.margin,
                                  center_coef=rm.center_coef)
+        batch_sh = sharding.batch_sharding(self.mesh)
         self.train_step = training.make_train_step(
             loss, self.tx, accum_steps=rm.accum_steps, shardings=self.shardings,
-            batch_sharding=sharding.batch_sharding(self.mesh))
-        self.score_step = jax.jit(functools.partial(score_pairs, model),
-                                  in_shardings=(self.shardings.params,
-                                                sharding.batch_sharding(self.mesh)))
+            batch_sharding=batch_sh)
+        self.score_step = jax.jit(functools.partial(score_rows, model),
+                                  in_shardings=(self.shardings.params, batch_sh))
         return state
 
     def batches(self, examples, *, epoch: int = 0, train: bool = True, batch_size: int = None):
@@ -170,62 +167,42 @@ class RewardTrainer:
             train=train, process_index=jax.process_index(), process_count=jax.process_count())
 
     def evaluate(self, params, examples) -> dict:
-        """Eval metrics of ``params`` over ``examples`` (every example once)."""
-        out = {k: [] for k in ("r_c", "r_r", "len_c", "len_r", "w")}
+        """Eval metrics of ``params`` over ``examples`` (every example once; on every process)."""
+        parts = []
         with sharding.use_mesh(self.mesh):
             for batch in self.batches(examples, train=False, batch_size=self.rm.eval_batch_size):
-                r_c, r_r = _host(self.score_step(params, sharding.shard_batch(batch, self.mesh)))
-                out["r_c"].append(r_c), out["r_r"].append(r_r), out["w"].append(batch["weight"])
-                out["len_c"].append(batch["chosen_len"]), out["len_r"].append(batch["rejected_len"])
-        keep = np.concatenate(out["w"]) > 0
-        cat = {k: np.concatenate(v)[keep] for k, v in out.items() if k != "w"}
-        return eval_metrics(cat["r_c"], cat["r_r"], cat["len_c"], cat["len_r"])
+                parts.append(sharding.to_host(
+                    self.score_step(params, sharding.shard_batch(batch, self.mesh))))
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        keep = rows["weight"] > 0
+        return eval_metrics(rows["r_c"][keep], rows["r_r"][keep], rows["len_c"][keep],
+                            rows["len_r"][keep])
 
     # ----- the loop ------------------------------------------------------------------------
-    def fit(self, data: dict, *, cartography_log: str = None) -> dict:
-        rm, wd = self.rm, self.workdir
+    def fit(self, data: dict, *, cartography_log: str = None) -> tuple:
         state = self.build(len(data["train"]))
-        ckpt = Checkpoints(wd.checkpoints, best_metric="accuracy")
-        start = ckpt.latest_step() or 0
-        if start:
-            state = ckpt.restore(start, state)
-            log.info("resumed from step %d of %d", start, self.total_steps)
-        progress = tqdm(total=self.total_steps, initial=start, desc="reward model",
-                        disable=jax.process_index() != 0)
-        with sharding.use_mesh(self.mesh):
-            for epoch in range(start // self.steps_per_epoch, rm.epochs):
-                margins = []
-                skip = start - epoch * self.steps_per_epoch if epoch == start // self.steps_per_epoch else 0
-                epoch_batches = self.batches(data["train"], epoch=epoch)
-                for i in range(max(skip, 0), self.steps_per_epoch):
-                    state, metrics = self.train_step(
-                        state, sharding.shard_batch(epoch_batches[i], self.mesh))
-                    margins.append(metrics.pop("per_example"))
-                    step = epoch * self.steps_per_epoch + i + 1
-                    progress.update(1)
-                    if step % rm.log_every == 0:
-                        scalars = _host(metrics)
-                        wd.log_metrics(step, scalars)
-                        progress.set_postfix(loss=f"{scalars['loss']:.3f}",
-                                             acc=f"{scalars['accuracy']:.2f}")
-                    if step % rm.eval_every == 0 or step == self.total_steps:
-                        metrics = self.evaluate(state.params, data["eval"])
-                        wd.log_metrics(step, metrics, split="eval")
-                        ckpt.save(step, state, {"accuracy": metrics["accuracy"]})
-                if cartography_log and not skip and wd.is_writer:
-                    per_example = _host(margins)
-                    rows = [(int(idx), float(m)) for p in per_example
-                            for idx, m, w in zip(p["index"], p["margin"], p["weight"]) if w > 0]
-                    by_index = {e["index"]: e["id"] for e in data["train"]}
-                    cartography.append_pass(cartography_log, epoch,
-                                            [by_index[i] for i, _ in rows], [m for _, m in rows])
-        progress.close()
-        best = ckpt.best_step()
-        if best is not None and best != ckpt.latest_step():
-            state = ckpt.restore(best, state)
-        final = self.evaluate(state.params, data["eval"])
-        ckpt.close()
-        return state, {"best_step": best, "eval": final}
+        ids = {e["index"]: e["id"] for e in data["train"]}
+
+        def log_pass(epoch, per_example):
+            rows = [(int(i), float(m)) for p in per_example
+                    for i, m, w in zip(p["index"], p["margin"], p["weight"]) if w > 0]
+            if self.workdir.is_writer:
+                cartography.append_pass(cartography_log, epoch, [ids[i] for i, _ in rows],
+                                        [m for _, m in rows])
+
+        return run_training(
+            state, step_fn=self.train_step, spec=self.spec, mesh=self.mesh, workdir=self.workdir,
+            epoch_batches=lambda epoch: self.batches(data["train"], epoch=epoch),
+            evaluate=lambda params: self.evaluate(params, data["eval"]),
+            on_epoch_end=log_pass if cartography_log else None)
+
+
+def check_vocab(tokenizer, model_config) -> None:
+    """The tokenizer's ids must fit the model's embedding."""
+    if len(tokenizer) > model_config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{model_config.vocab_size}: set model.overrides.vocab_size (presets) or "
+                         "use the checkpoint's own tokenizer")
 
 
 def dataset_stats(examples) -> dict:
@@ -247,20 +224,20 @@ def train_reward_model(config, workdir: str) -> dict:
         return done
     if wd.is_writer:
         save_config(config, wd.file("config.json"))
-    stats = None
-    if config.rm.intervention == "ctr":
-        stats = _cartography_stats(config, wd)
     trainer = RewardTrainer(config, workdir)
+    stats = _cartography_stats(config, wd) if config.rm.intervention == "ctr" else None
     data = trainer.prepare_data(stats)
     carto = wd.file(CARTOGRAPHY_LOG) if config.rm.cartography else None
     state, outcome = trainer.fit(data, cartography_log=carto)
     result = {"data": data["stats"], **outcome, "model_family": trainer.model.config.family,
               "num_params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
-    if carto and os.path.exists(carto) and config.rm.epochs >= 2:
-        stats = cartography.confidence_and_variability(cartography.read_passes(carto))
-        lengths = {e["id"]: (e["chosen_len"], e["rejected_len"]) for e in data["train"]}
-        result["cartography"] = cartography.plot_cartography(stats, lengths,
-                                                              wd.file("cartography.png"))
+    if carto and os.path.exists(carto) and wd.is_writer:
+        passes = cartography.read_passes(carto)
+        if len(passes) >= 2:
+            stats = cartography.confidence_and_variability(passes)
+            lengths = {e["id"]: (e["chosen_len"], e["rejected_len"]) for e in data["train"]}
+            result["cartography"] = cartography.plot_cartography(stats, lengths,
+                                                                  wd.file("cartography.png"))
     save_scalar_model(trainer.model, state.params, wd.export, tokenizer=trainer.tokenizer)
     wd.write_json("result.json", result)
     wd.close()
@@ -268,13 +245,22 @@ def train_reward_model(config, workdir: str) -> dict:
 
 
 def _cartography_stats(config, wd: Workdir) -> dict:
-    """C-TR's statistics: from ``rm.ctr.cartography_from``, or a standard run in ``WORKDIR/cartography``."""
+    """C-TR's statistics: from ``rm.ctr.cartography_from``, or a standard run in ``WORKDIR/cartography``.
+
+    The standard run trains ``rm.ctr.cartography_epochs`` (≥ 2) epochs with the
+    cartography log on; confidence averages the passes after the first.
+    """
     source = config.rm.ctr.cartography_from
     if not source:
+        if config.rm.ctr.cartography_epochs < 2:
+            raise ConfigError("config key 'rm.ctr.cartography_epochs' must be ≥ 2 (confidence "
+                              f"averages the passes after the first); got "
+                              f"{config.rm.ctr.cartography_epochs}")
         base = config.copy_and_resolve_references()
         with base.unlocked():
             base.rm.intervention = "none"
             base.rm.cartography = True
+            base.rm.epochs = config.rm.ctr.cartography_epochs
         source = wd.file("cartography")
         train_reward_model(base, source)
     return cartography.confidence_and_variability(

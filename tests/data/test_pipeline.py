@@ -99,3 +99,10 @@ def test_eval_batches_match_across_processes_and_fillers_weigh_nothing(examples)
     assert len({len(b) for b in per_process}) == 1
     weights = sum(float(b["weight"].sum()) for batches in per_process for b in batches)
     assert weights == 37
+
+
+def test_every_process_pads_a_step_to_the_same_width(examples):
+    _, out, _ = examples
+    widths = [[b["chosen_ids"].shape[1] for b in _batches(out, process_index=i, process_count=2)]
+              for i in range(2)]
+    assert widths[0] == widths[1]

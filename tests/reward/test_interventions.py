@@ -20,11 +20,13 @@ def test_length_heuristic_is_strict():
 
 
 def reference_bin(d, width=10):
-    """Mirror-pair key of d: +k for d in (k·w, (k+1)·w], −k for d in (−(k+1)·w, −k·w]."""
+    """Mirror-pair key of d: ("pos", k) for d in (k·w, (k+1)·w], ("neg", k) for d in [−(k+1)·w, −k·w)."""
+    if d == 0:
+        return ("tie", 0)
     for k in range(1000):
         if k * width < d <= (k + 1) * width:
             return ("pos", k)
-        if -(k + 1) * width < d <= -k * width:
+        if -(k + 1) * width <= d < -k * width:
             return ("neg", k)
 
 
@@ -35,9 +37,10 @@ def test_bal_is_symmetric_and_drops_far_differences():
     counts = collections.Counter(reference_bin(e["chosen_len"] - e["rejected_len"]) for e in kept)
     for k in range(20):
         assert counts[("pos", k)] == counts[("neg", k)], k
+    assert counts[("tie", 0)] == int(np.sum(diffs == 0))  # ties carry no preference: all kept
     kept_diffs = [e["chosen_len"] - e["rejected_len"] for e in kept]
-    assert max(kept_diffs) <= 200 and min(kept_diffs) > -200
-    assert 200 in kept_diffs or counts[("pos", 19)] == 0  # (190, 200] is a valid bin
+    assert max(kept_diffs) <= 200 and min(kept_diffs) >= -200
+    assert 200 in kept_diffs and -200 in kept_diffs  # the outermost bins are mirror images
     lens_c = [e["chosen_len"] for e in kept]
     lens_r = [e["rejected_len"] for e in kept]
     # Within each mirrored bin pair, half are chosen-longer: the heuristic is ≤ 0.5.
@@ -48,15 +51,26 @@ def test_bal_is_symmetric_and_drops_far_differences():
 
 
 def test_bal_per_bin_count_is_the_minimum():
-    diffs = [3, 5, 7, -2, 0, 15, 16, -11, -12, -13, -19]
+    diffs = [3, 5, 7, -2, -10, 0, 15, 16, -11, -12, -13, -19, 10]
     kept = interventions.balance_by_length(examples_with_diffs(diffs), seed=0)
     counts = collections.Counter(reference_bin(e["chosen_len"] - e["rejected_len"]) for e in kept)
-    assert counts == {("pos", 0): 2, ("neg", 0): 2, ("pos", 1): 2, ("neg", 1): 2}
+    assert counts == {("pos", 0): 2, ("neg", 0): 2, ("pos", 1): 2, ("neg", 1): 2, ("tie", 0): 1}
 
 
 def pairs(n):
     return [{"id": f"p{i}", "prompt": f"q{i}", "chosen": f"good{i}", "rejected": f"bad{i}"}
             for i in range(n)]
+
+
+def test_random_data_augmentation_never_pairs_answers_to_the_same_question():
+    base = pairs(40) + [{"id": "dup", "prompt": "q0", "chosen": "other0", "rejected": "x"}]
+    out = interventions.random_data_augmentation(base, fraction=1.0, seed=0)
+    by_prompt = {}
+    for p in base:
+        by_prompt.setdefault(p["prompt"], set()).add(p["chosen"])
+    for p in out:
+        if p["id"].endswith("/rda"):
+            assert p["rejected"] not in by_prompt[p["prompt"]]
 
 
 def test_random_data_augmentation():
@@ -92,6 +106,10 @@ def test_cartography_statistics_and_selection(tmp_path):
     examples = [{"id": k} for k in ("a", "b", "c", "missing")]
     kept = cartography.select_by_confidence(examples, stats, low=-0.5, high=3.0)
     assert [e["id"] for e in kept] == ["a", "b"]
+    low, high = cartography.thresholds(stats, 0.0, 0.5, by="quantile")
+    assert (low, high) == (0.0, 2.0)  # the confidences are 0, 2, 5
+    kept = cartography.select_by_confidence(examples, stats, low=low, high=high)
+    assert [e["id"] for e in kept] == ["a", "b"]
     table = cartography.plot_cartography(stats, {"a": (5, 3), "b": (2, 4), "c": (6, 1)},
                                          str(tmp_path / "map.png"), bins=3)
     assert (tmp_path / "map.png").stat().st_size > 1000
@@ -100,7 +118,7 @@ def test_cartography_statistics_and_selection(tmp_path):
 
 def test_cartography_needs_two_passes_and_valid_lines(tmp_path):
     with pytest.raises(ValueError, match="≥ 2 passes"):
-        cartography.confidence_and_variability([{"a": 1.0}])
+        cartography.confidence_and_variability({0: {"a": 1.0}})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"pass": 0, "margins": {}}\nnot json\n')
     with pytest.raises(ValueError, match="line 2"):
