@@ -11,6 +11,8 @@ Sub-commands (more arrive with the training stages):
 * ``rlhf-jax train-rm --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE …]``:
   a Bradley–Terry reward model with the paper's interventions
   (:mod:`rlhf_jax.reward.train`).
+* ``rlhf-jax ppo --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE …]``: PPO
+  with the paper's reward shaping (:mod:`rlhf_jax.ppo.trainer`).
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ def cmd_stage(args) -> int:
         raise SystemExit(f"rlhf-jax {args.command}: {err}") from None
     if args.command == "sft":
         from rlhf_jax.sft import train_sft as run
+    elif args.command == "ppo":
+        from rlhf_jax.ppo.trainer import train_ppo as run
     else:
         from rlhf_jax.reward.train import train_reward_model as run
     result = run(config, args.workdir)
@@ -113,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on accelerators)")
     gen.set_defaults(func=cmd_generate)
     for name, help_text in (("sft", "supervised fine-tuning of a policy"),
-                            ("train-rm", "train a Bradley–Terry reward model")):
+                            ("train-rm", "train a Bradley–Terry reward model"),
+                            ("ppo", "PPO against a reward model or a length-only reward")):
         stage = sub.add_parser(name, help=help_text,
                                epilog="Override any config key with --config.KEY=VALUE.")
         stage.add_argument("--config", required=True, help="experiment file, optionally FILE:ARG")

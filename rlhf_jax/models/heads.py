@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.models.config import DecoderConfig
 from rlhf_jax.models.layers import _param
-from rlhf_jax.models.transformer import Decoder, KVCache, ModelOutput
+from rlhf_jax.models.transformer import CausalLM, Decoder, KVCache, ModelOutput
 
 READOUTS = ("last", "all")
 
@@ -65,3 +65,29 @@ class ScalarModel(nn.Module):
         else:
             values = values_bt
         return ModelOutput(values=values, hidden_states=hidden, cache=cache)
+
+
+class PolicyWithValue(CausalLM):
+    """A causal LM with a value head on its trunk: the PPO policy of the paper's TRL setup (§2.2).
+
+    ``apply`` returns ``logits [b, t, vocab]`` and ``values [b, t]`` from one
+    trunk pass. Parameter names are ``CausalLM``'s (``model``, ``lm_head``) plus
+    ``value_head``, so ``CausalLM(config)`` samples from the same params with
+    the value head left out (:func:`lm_params`).
+    """
+
+    def setup(self):
+        super().setup()
+        self.value_head = ScalarHead(self.config)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None,
+                 cache: Optional[KVCache] = None, last_token_only: bool = False):
+        hidden, cache = self.model(input_ids, attention_mask, position_ids, cache)
+        logits = self.logits(hidden[:, -1:] if last_token_only else hidden)
+        return ModelOutput(logits=logits, values=self.value_head(hidden), hidden_states=hidden,
+                           cache=cache)
+
+
+def lm_params(params: dict) -> dict:
+    """The ``CausalLM`` part of a :class:`PolicyWithValue`'s params."""
+    return {k: v for k, v in params.items() if k != "value_head"}

@@ -1,0 +1,57 @@
+"""RL prompts for PPO: the synthetic task's, or the distinct prompts of a dataset split.
+
+Paper (§3): WebGPT's questions, Stack Exchange's ``rl`` folder, and hh-rlhf
+helpful-base prompts for RLCD. Each prompt is formatted with the policy template
+(``data.prompt_template``: Alpaca for WebGPT/RLCD, "Question: …\\n\\nAnswer: " for
+Stack) and tokenised once; prompts over ``data.max_prompt_length`` tokens are
+dropped and counted (paper: 512). An empty set after filtering is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rlhf_jax.config import ConfigError
+from rlhf_jax.data.records import DropCounter
+from rlhf_jax.data.templates import policy_prompt
+
+log = logging.getLogger(__name__)
+
+
+def raw_prompts(config) -> list:
+    data = config.data
+    if data.source == "synthetic":
+        from rlhf_jax.data.preferences import synthetic_task
+        return synthetic_task(data).prompts(data.synthetic.num_prompts, seed=data.synthetic.seed + 2)
+    from rlhf_jax.data.builders import load_pairs
+    from rlhf_jax.data.preferences import tfds_data_dir
+    pairs = load_pairs(data.source, data.prompt_split, path=data.path or None,
+                       data_dir=tfds_data_dir(data.data_dir), **dict(data.get("options", {}) or {}))
+    seen, out = set(), []
+    for i in range(len(pairs)):
+        prompt = pairs[i]["prompt"]
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append(prompt)
+    return out
+
+
+def prompt_set(config, tokenizer) -> list:
+    """``[{"text": raw prompt, "ids": tokenised policy prompt}]`` after the length filter."""
+    drops, out = DropCounter(), []
+    texts = raw_prompts(config)
+    formatted = [policy_prompt(t, config.data.prompt_template) for t in texts]
+    ids = tokenizer(formatted, add_special_tokens=False)["input_ids"] if texts else []
+    for text, token_ids in zip(texts, ids):
+        if len(token_ids) > config.data.max_prompt_length:
+            drops.add(f"longer than data.max_prompt_length={config.data.max_prompt_length} tokens")
+            continue
+        if not token_ids:
+            drops.add("empty after tokenisation")
+            continue
+        out.append({"text": text, "ids": list(token_ids)})
+    drops.log(log, "rl prompts")
+    if len(out) < config.ppo.batch_size:
+        raise ConfigError(f"only {len(out)} RL prompts left after filtering ({drops.summary('prompts')}); "
+                          f"ppo.batch_size is {config.ppo.batch_size}")
+    return out

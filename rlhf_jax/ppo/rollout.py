@@ -1,0 +1,80 @@
+"""Rollout: sample responses, then one forward each for policy log-probs, reference log-probs and values.
+
+Singhal et al. 2023 §2.2 (TRL 0.5): responses are sampled with top_k 0, top_p 1,
+temperature 1; each response's length cap is drawn per batch from ``[lo, hi)``.
+To keep one compiled sampler, we always sample ``hi − 1`` tokens and cut each
+batch at its drawn cap ``n`` afterwards (tokens past ``n`` are masked; a
+response whose EOS came after ``n`` counts as not ended), which is the same
+distribution as sampling with ``max_new_tokens = n``.
+
+Positions: the sequence is ``[prompt (left-padded, P) | response (right-padded, T)]``;
+response token ``t`` is predicted at position ``P − 1 + t``, where its log-prob,
+the reference log-prob and the value (the state before emitting it) are read.
+Only those ``T`` positions go through the LM head, so no ``[b, P + T, vocab]``
+float32 tensor is materialised.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.transformer import CausalLM
+
+
+def response_positions(prompt_len: int, response_len: int):
+    """Indices into the concatenated sequence whose outputs predict the response tokens."""
+    return jnp.arange(prompt_len - 1, prompt_len - 1 + response_len)
+
+
+def concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask):
+    return (jnp.concatenate([prompt_ids, response_ids], axis=1),
+            jnp.concatenate([prompt_mask, response_mask], axis=1))
+
+
+def token_logprobs(logits_btv, tokens_bt):
+    """``log softmax(logits)[token]`` in float32."""
+    logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens_bt[..., None], axis=-1)[..., 0]
+
+
+def policy_outputs(model, params, prompt_ids, prompt_mask, response_ids, response_mask, *,
+                   with_values: bool, with_entropy: bool = False):
+    """``(logprobs [b, T], values [b, T] or None, entropy [b, T] or None)`` of the response tokens.
+
+    ``model`` is a :class:`~rlhf_jax.models.heads.PolicyWithValue` (``with_values``)
+    or a :class:`CausalLM`; the LM head runs on the response positions only.
+    """
+    ids, mask = concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask)
+    out = model.apply({"params": params}, ids, attention_mask=mask, last_token_only=True)
+    positions = response_positions(prompt_ids.shape[1], response_ids.shape[1])
+    hidden = out.hidden_states[:, positions]
+    logits = model.apply({"params": params}, hidden, method=CausalLM.logits)
+    logprobs = token_logprobs(logits, response_ids)
+    values = out.values[:, positions].astype(jnp.float32) if with_values else None
+    entropy = None
+    if with_entropy:
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return logprobs, values, entropy
+
+
+def scalar_values(model, params, prompt_ids, prompt_mask, response_ids, response_mask):
+    """Values of the response positions from a separate ``ScalarModel(readout="all")``."""
+    ids, mask = concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask)
+    values = model.apply({"params": params}, ids, attention_mask=mask).values
+    return values[:, response_positions(prompt_ids.shape[1], response_ids.shape[1])].astype(jnp.float32)
+
+
+def cut_to_length(tokens, mask, cap, eos_ids, pad_id: int):
+    """Mask response tokens past ``cap`` (a traced int); returns ``(tokens, mask, lengths, ended)``.
+
+    ``ended``: the response's last kept token is an EOS.
+    """
+    t = tokens.shape[1]
+    keep = (jnp.arange(t)[None] < cap) & (mask > 0)
+    tokens = jnp.where(keep, tokens, pad_id)
+    lengths = jnp.sum(keep, axis=1)
+    last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    ended = (lengths > 0) & jnp.isin(last, jnp.asarray(eos_ids))
+    return tokens, keep.astype(jnp.int32), lengths, ended
