@@ -181,15 +181,24 @@ def ppo_update(state: PPOState, batch: dict, *, policy_model, value_model, tx, c
 
 
 class Scorer:
-    """Scores (prompt, response) texts: a reward model (re-templated, re-tokenised) or a length rule."""
+    """Reward-model scores of (prompt, response) texts, re-templated and re-tokenised for the RM.
+
+    With ``reward.kind = "model"`` they are the reward; with ``"length_only"``
+    (LPPO) the reward comes from the response length and the reward model, when
+    ``reward.model`` is set, is only a monitor (``env/rm_score``).
+    """
 
     def __init__(self, cfg, mesh):
         self.cfg, self.mesh = cfg.reward, mesh
         self.kind = cfg.reward.kind
-        if self.kind == "model":
-            if not cfg.reward.model:
-                raise ConfigError("config key 'reward.model' is empty: set the reward model's "
-                                  "export directory (or reward.kind='length_only')")
+        if self.kind not in ("model", "length_only"):
+            raise ConfigError(f"config key 'reward.kind' = {self.kind!r}; expected 'model' or "
+                              "'length_only'")
+        if self.kind == "model" and not cfg.reward.model:
+            raise ConfigError("config key 'reward.model' is empty: set the reward model's "
+                              "export directory (or reward.kind='length_only')")
+        self.enabled = bool(cfg.reward.model)
+        if self.enabled:
             self.model, params = scalar_model(ml_spec(cfg.reward.model), jax.random.key(0))
             self.params = jax.device_put(params)
             self.tokenizer = tokenizer_for(cfg.reward.tokenizer, cfg.reward.model)
@@ -198,13 +207,11 @@ class Scorer:
                                   "which reward.append_eos needs")
             self.forward = jax.jit(lambda p, ids, m: self.model.apply(
                 {"params": p}, ids, attention_mask=m).values)
-        elif self.kind != "length_only":
-            raise ConfigError(f"config key 'reward.kind' = {self.kind!r}; expected 'model' or "
-                              "'length_only'")
 
-    def __call__(self, prompts, responses, lengths) -> np.ndarray:
-        if self.kind == "length_only":
-            return np.zeros(len(responses), np.float32)  # the shaping step computes it
+    def __call__(self, prompts, responses) -> Optional[np.ndarray]:
+        """Reward-model scores ``[b]``, or ``None`` without a reward model."""
+        if not self.enabled:
+            return None
         texts = [rm_text(p, r, self.cfg.template) for p, r in zip(prompts, responses)]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         eos = [self.tokenizer.eos_token_id] if self.cfg.append_eos else []
@@ -291,9 +298,17 @@ class PPOTrainer:
                          opt_state=self.tx.init(params), kl_coef=jnp.float32(p.init_kl_coef),
                          window=shaping.RewardWindow.empty(c.shaping.window),
                          key=jax.random.fold_in(key, 7))
+        self.shardings = self.state_shardings(state)
+        batch_sh = sharding.batch_sharding(self.mesh)
+        with sharding.use_mesh(self.mesh):
+            state = jax.device_put(state, self.shardings)
+            self.reference = jax.device_put(self.reference, self.shardings.params["policy"]
+                                            if self.value_model is not None else
+                                            lm_params(self.shardings.params["policy"]))
         self.update = jax.jit(functools.partial(ppo_update, policy_model=self.policy_model,
                                                 value_model=self.value_model, tx=self.tx, cfg=c),
-                              donate_argnums=(0,))
+                              in_shardings=(self.shardings, batch_sh),
+                              out_shardings=(self.shardings, None), donate_argnums=(0,))
         self.ref_forward = jax.jit(lambda params, *a: rollout.policy_outputs(
             self.lm, params, *a, with_values=False)[0])
         if self.value_model is None:
@@ -306,6 +321,17 @@ class PPOTrainer:
         self.cut = jax.jit(functools.partial(rollout.cut_to_length, eos_ids=(self.eos_id,),
                                              pad_id=self.pad_id))
         return state
+
+    def state_shardings(self, state: PPOState) -> PPOState:
+        """Params and optimizer state over the mesh by their logical axes; the rest replicated."""
+        param_sh = {"policy": sharding.param_shardings(self.policy_model, self.mesh)}
+        if self.value_model is not None:
+            param_sh["value"] = sharding.param_shardings(self.value_model, self.mesh)
+        replicated = sharding.replicated(self.mesh)
+        opt_sh = sharding.optimizer_state_shardings(self.tx, jax.eval_shape(lambda: state.opt_state),
+                                                    param_sh, self.mesh)
+        return PPOState(step=replicated, params=param_sh, opt_state=opt_sh, kl_coef=replicated,
+                        window=jax.tree.map(lambda _: replicated, state.window), key=replicated)
 
     def step_prompts(self, step: int) -> list:
         """The prompt indices of ``step``: seeded shuffles of the prompt set, epoch after epoch."""
@@ -340,7 +366,8 @@ class PPOTrainer:
         host_tokens, host_lengths = np.asarray(tokens), np.asarray(lengths)
         responses = [self.tokenizer.decode(t[:n], skip_special_tokens=True)
                      for t, n in zip(host_tokens, host_lengths)]
-        raw = self.scorer([r["text"] for r in rows], responses, host_lengths)
+        rm_scores = self.scorer([r["text"] for r in rows], responses)
+        raw = rm_scores if c.reward.kind == "model" else np.zeros(len(rows), np.float32)
         timings["time/score"] = time.perf_counter() - t0
         args = (jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), tokens, mask)
         t0 = time.perf_counter()
@@ -354,12 +381,15 @@ class PPOTrainer:
                  "values": values, "raw_scores": jnp.asarray(raw), "lengths": lengths,
                  "ended": ended}
         t0 = time.perf_counter()
-        state, metrics = self.update(state, batch)
+        with sharding.use_mesh(self.mesh):
+            state, metrics = self.update(state, sharding.shard_batch(batch, self.mesh))
         metrics = sharding.to_host(metrics)
         timings["time/update"] = time.perf_counter() - t0
         total = sum(timings.values())
         tokens_generated = float(np.sum(host_lengths))
         metrics = {k: float(v) for k, v in metrics.items()}
+        if rm_scores is not None:
+            metrics["env/rm_score"] = float(np.mean(rm_scores))
         metrics.update(timings, **{"time/total": total, "time/tokens_per_s": tokens_generated / total})
         check_finite(metrics)
         return state, metrics, responses
@@ -403,7 +433,7 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
         if on_step is not None:
             on_step(step + 1, metrics)
         progress.update(1)
-        progress.set_postfix(score=f"{metrics['env/reward_raw']:.3f}",
+        progress.set_postfix(score=f"{metrics.get('env/rm_score', metrics['env/reward_raw']):.3f}",
                              len=f"{metrics['env/response_length']:.1f}",
                              kl=f"{metrics['objective/kl']:.3f}")
         if (step + 1) % config.ppo.save_every == 0 or step + 1 == end:
@@ -418,8 +448,8 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
     first, last = logged[:max(1, len(logged) // 10)], logged[-max(1, len(logged) // 10):]
     summary = {k: {"first": float(np.mean([r[k] for r in first])),
                    "last": float(np.mean([r[k] for r in last]))}
-               for k in ("env/reward_raw", "env/response_length", "objective/kl",
-                         "objective/kl_coef", "env/eos_fraction")}
+               for k in ("env/reward_raw", "env/rm_score", "env/response_length", "objective/kl",
+                         "objective/kl_coef", "env/eos_fraction") if k in logged[0]}
     result = {"steps": total, "summary": summary, "history": history}
     wd.write_json("result.json", result)
     wd.close()
