@@ -138,6 +138,7 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
             "kl_target": 0.1, "kl_horizon": 10000.0, "kl_estimator": "k1",
             "whiten_advantages": True, "whiten_rewards": False, "ratio_threshold": 10.0,
             "value_model": "shared",   # shared (a head on the policy, as TRL) | separate (from the RM)
+            "reference": "",           # "" = the initial policy; else a checkpoint of the same shape
             "save_every": 25,
         },
         "generation": {"min_new_tokens": 154, "max_new_tokens": 155, "temperature": 1.0,

@@ -273,7 +273,7 @@ class PPOTrainer:
             raise ConfigError(f"policy tokenizer has {len(self.tokenizer)} tokens, the model's "
                               f"vocab_size is {lm.config.vocab_size}")
         self.lm = CausalLM(lm.config)
-        self.reference = jax.tree.map(jnp.copy, lm_p)  # frozen copy (the state is donated)
+        self.reference = self.load_reference(lm_p)
         if c.ppo.value_model == "shared":
             self.policy_model = PolicyWithValue(lm.config)
             head = PolicyWithValue(lm.config).init(jax.random.key(1), jnp.zeros((1, 2), jnp.int32))
@@ -321,6 +321,15 @@ class PPOTrainer:
         self.cut = jax.jit(functools.partial(rollout.cut_to_length, eos_ids=(self.eos_id,),
                                              pad_id=self.pad_id))
         return state
+
+    def load_reference(self, policy_params):
+        """The frozen reference: a copy of the initial policy, or ``ppo.reference`` (which must match it)."""
+        path = self.config.ppo.reference
+        if not path:
+            return jax.tree.map(jnp.copy, policy_params)  # a copy: the state is donated
+        _, reference = causal_lm(ml_spec(path), jax.random.key(0))
+        check_same_shapes(policy_params, reference, f"reference {path}")
+        return reference
 
     def state_shardings(self, state: PPOState) -> PPOState:
         """Params and optimizer state over the mesh by their logical axes; the rest replicated."""
@@ -393,6 +402,16 @@ class PPOTrainer:
         metrics.update(timings, **{"time/total": total, "time/tokens_per_s": tokens_generated / total})
         check_finite(metrics)
         return state, metrics, responses
+
+
+def check_same_shapes(expected, actual, what: str) -> None:
+    """``actual`` must have ``expected``'s parameters with the same shapes; the first difference is named."""
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(actual)}
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            raise ConfigError(f"{what} does not match the policy: parameter {name} has shape "
+                              f"{got.get(name)}, the policy's is {want.get(name)}")
 
 
 def check_finite(metrics: dict) -> None:

@@ -41,3 +41,45 @@ def test_non_finite_statistics_are_named():
     check_finite({"loss/value": 1.0})
     with pytest.raises(FloatingPointError, match="non-finite loss/policy, objective/kl"):
         check_finite({"loss/policy": float("nan"), "objective/kl": float("inf"), "ok": 0.0})
+
+
+def test_reference_that_does_not_match_the_policy(tmp_path):
+    t = trainer(tmp_path, extra=["--config.ppo.reference=preset:tiny-llama-tied"])
+    with pytest.raises(ConfigError, match=r"reference preset:tiny-llama-tied does not match the "
+                                          r"policy: parameter .* has shape"):
+        t.build()
+
+
+def test_rl_prompts_from_real_hh_rlhf_are_distinct_and_length_filtered(tmp_path):
+    import gzip
+    import json
+
+    from rlhf_jax.data.synthetic import SyntheticTask
+    from rlhf_jax.ppo.prompts import prompt_set
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "hh-rlhf",
+                        "harmless-base", "test.jsonl.gz")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is absent")
+    config = load_config(f"{CONFIG}:lppo", [*BASE, "--config.data.source=hh_rlhf",
+                                            f"--config.data.path={path}",
+                                            "--config.data.prompt_split=test",
+                                            f"--config.data.data_dir={tmp_path}",
+                                            "--config.data.options={'empty': 'drop'}",
+                                            "--config.data.max_prompt_length=60"])
+    tokenizer = SyntheticTask().tokenizer()
+    prompts = prompt_set(config, tokenizer)
+    # Independent count: the shared dialogue prefix of each row, deduplicated, ≤ 60 whitespace words
+    # (the task's tokenizer splits on whitespace).
+    distinct = set()
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            chosen, rejected = row["chosen"], row["rejected"]
+            cut = chosen.rfind("\n\nAssistant:") + len("\n\nAssistant:")
+            if chosen[cut:].strip() and rejected[cut:].strip() and chosen[:cut] == rejected[:cut]:
+                distinct.add(chosen[:cut])
+    expected = {p for p in distinct if len(p.split()) <= 60}
+    got = {p["text"] for p in prompts}
+    assert len(got & expected) >= len(expected) - 5
+    assert abs(len(got) - len(expected)) <= 5  # rows whose two dialogues diverge earlier differ
+    assert all(len(p["ids"]) <= 60 for p in prompts)
