@@ -143,7 +143,10 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
         },
         "generation": {"min_new_tokens": 154, "max_new_tokens": 155, "temperature": 1.0,
                        "top_k": 0, "top_p": 1.0, "prompt_bucket": 64},
-        "reward": {"kind": "model", "model": "", "tokenizer": "", "template": "question_answer",
+        # kind: model | function (reward.function = "module:name", f(prompts, responses) -> scores)
+        #       | length_only (LPPO)
+        "reward": {"kind": "model", "model": "", "function": "", "tokenizer": "",
+                   "template": "question_answer",
                    "append_eos": True, "max_length": 512, "buckets": (128, 256, 384, 512)},
         "shaping": {
             "name": "none",            # none | reward_scaling | length_penalty | length_only (LPPO)

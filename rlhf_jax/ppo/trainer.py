@@ -180,20 +180,40 @@ def ppo_update(state: PPOState, batch: dict, *, policy_model, value_model, tx, c
 # ----- the stage ---------------------------------------------------------------------------------
 
 
-class Scorer:
-    """Reward-model scores of (prompt, response) texts, re-templated and re-tokenised for the RM.
+REWARD_KINDS = ("model", "length_only", "function")
 
-    With ``reward.kind = "model"`` they are the reward; with ``"length_only"``
-    (LPPO) the reward comes from the response length and the reward model, when
-    ``reward.model`` is set, is only a monitor (``env/rm_score``).
+
+def import_reward_function(spec: str) -> Callable:
+    """``"package.module:name"`` → the function ``name(prompts, responses) -> scores``."""
+    import importlib
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"config key 'reward.function' = {spec!r}; expected 'module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"config key 'reward.function' = {spec!r}: {err}") from None
+
+
+class Scorer:
+    """Sequence rewards of (prompt, response) texts.
+
+    ``reward.kind``: ``"model"`` — a reward model's scores, the text re-templated
+    and re-tokenised for it; ``"function"`` — ``reward.function`` (``module:name``),
+    a Python function of the prompt and response texts returning one score each;
+    ``"length_only"`` (LPPO) — the reward comes from the response length (in the
+    update). A reward model set in ``reward.model`` is scored in every case
+    (``env/rm_score``): the reward itself or a monitor.
     """
 
     def __init__(self, cfg, mesh):
         self.cfg, self.mesh = cfg.reward, mesh
         self.kind = cfg.reward.kind
-        if self.kind not in ("model", "length_only"):
-            raise ConfigError(f"config key 'reward.kind' = {self.kind!r}; expected 'model' or "
-                              "'length_only'")
+        if self.kind not in REWARD_KINDS:
+            raise ConfigError(f"config key 'reward.kind' = {self.kind!r}; expected one of "
+                              f"{REWARD_KINDS}")
+        self.function = import_reward_function(cfg.reward.function) if self.kind == "function" \
+            else None
         if self.kind == "model" and not cfg.reward.model:
             raise ConfigError("config key 'reward.model' is empty: set the reward model's "
                               "export directory (or reward.kind='length_only')")
@@ -375,8 +395,14 @@ class PPOTrainer:
         host_tokens, host_lengths = np.asarray(tokens), np.asarray(lengths)
         responses = [self.tokenizer.decode(t[:n], skip_special_tokens=True)
                      for t, n in zip(host_tokens, host_lengths)]
-        rm_scores = self.scorer([r["text"] for r in rows], responses)
-        raw = rm_scores if c.reward.kind == "model" else np.zeros(len(rows), np.float32)
+        prompt_texts = [r["text"] for r in rows]
+        rm_scores = self.scorer(prompt_texts, responses)
+        if c.reward.kind == "model":
+            raw = rm_scores
+        elif c.reward.kind == "function":
+            raw = function_scores(self.scorer.function, prompt_texts, responses, c.reward.function)
+        else:
+            raw = np.zeros(len(rows), np.float32)
         timings["time/score"] = time.perf_counter() - t0
         args = (jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), tokens, mask)
         t0 = time.perf_counter()
@@ -402,6 +428,15 @@ class PPOTrainer:
         metrics.update(timings, **{"time/total": total, "time/tokens_per_s": tokens_generated / total})
         check_finite(metrics)
         return state, metrics, responses
+
+
+def function_scores(fn, prompts, responses, name: str) -> np.ndarray:
+    """Call a user reward function and check it returned one finite float per response."""
+    scores = np.asarray(fn(prompts, responses), np.float32)
+    if scores.shape != (len(responses),) or not np.all(np.isfinite(scores)):
+        raise ValueError(f"reward function {name} must return {len(responses)} finite scores; "
+                         f"got shape {scores.shape}")
+    return scores
 
 
 def check_same_shapes(expected, actual, what: str) -> None:

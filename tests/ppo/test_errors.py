@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 from rlhf_jax.config import ConfigError, load_config
@@ -83,3 +84,24 @@ def test_rl_prompts_from_real_hh_rlhf_are_distinct_and_length_filtered(tmp_path)
     assert len(got & expected) >= len(expected) - 5
     assert abs(len(got) - len(expected)) <= 5  # rows whose two dialogues diverge earlier differ
     assert all(len(p["ids"]) <= 60 for p in prompts)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("no_colon", "expected 'module:function'"),
+    ("rlhf_jax.data.synthetic:missing", "has no attribute 'missing'"),
+])
+def test_bad_reward_function_is_named(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=f"'reward.function' = '{spec}'.*{message}"):
+        trainer(tmp_path, variant="standard", extra=["--config.reward.kind=function",
+                                                     f"--config.reward.function={spec}"])
+
+
+@pytest.mark.slow
+def test_function_reward_trains_on_the_gold_judge(tmp_path):
+    from rlhf_jax.ppo.trainer import train_ppo
+    config = load_config(f"{CONFIG}:standard", [
+        *BASE, "--config.model.overrides.vocab_size=192", "--config.reward.kind=function",
+        "--config.reward.function=rlhf_jax.data.synthetic:gold_reward", "--config.ppo.steps=2"])
+    result = train_ppo(config, str(tmp_path))
+    assert len(result["history"]) == 2
+    assert all(np.isfinite(r["env/reward_raw"]) for r in result["history"])
