@@ -183,3 +183,27 @@ def with_ppo_variant(config: mlc.ConfigDict, variant: str, target_length: float)
             config.ppo.init_kl_coef = 0.0
             config.ppo.adaptive_kl = False
     return config
+
+
+def paper_ppo_config(source: str, variant: str, *, target_length: float, prompt_split: str,
+                     prompt_template: str, options: dict, reward_model: str) -> mlc.ConfigDict:
+    """The paper's PPO setting (§2.2, App. A: TRL 0.5 defaults as its scripts ran them) for one dataset.
+
+    LLaMA-7B SFT policy (``checkpoints/llama-7b-sft``; override ``model.init``) with
+    the value head on its trunk; 64 prompts per step (the scripts: 32 per process
+    × 2 processes), lr 1.4e-5, cliprange 0.2, value clip 0.2, vf_coef 0.1, γ 1,
+    λ 0.95, β₀ 0.04 adaptive (target 0.1, horizon 10000), one PPO epoch; top_k 0,
+    top_p 1, temperature 1, caps drawn from [154, 155). Minibatches of 16 are our
+    choice (the scripts left TRL's default). bfloat16 compute, remat, FSDP.
+    """
+    config = ppo_config(source, init="checkpoints/llama-7b-sft")
+    config.reward.model = reward_model
+    config.data.prompt_split = prompt_split
+    config.data.prompt_template = prompt_template
+    config.data.options = options
+    config.model.dtype = "bfloat16"
+    config.model.remat = "full"
+    config.mesh = mesh_spec(data=1, fsdp=-1, tensor=1)
+    config.ppo.mini_batch_size = 16
+    config.ppo.steps = 200
+    return with_ppo_variant(config, variant, target_length)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import sharding, training
-from rlhf_jax.config import ConfigError, save_config
+from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.preferences import hold_out, synthetic_task
 from rlhf_jax.data.records import DataError, require_text
@@ -28,7 +28,7 @@ from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.build import causal_lm, load_tokenizer_for
 from rlhf_jax.reward.train import check_vocab
-from rlhf_jax.workdir import Workdir
+from rlhf_jax.workdir import start_stage
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,10 @@ def sft_examples(config) -> tuple:
 
 def train_sft(config, workdir: str) -> dict:
     """Run (or resume, or return the finished result of) an SFT stage in ``workdir``."""
-    wd = Workdir(workdir)
-    done = wd.read_json("result.json")
+    wd, done = start_stage(config, workdir)
     if done is not None:
+        log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
-    if wd.is_writer:
-        save_config(config, wd.file("config.json"))
     cfg, mesh = config.sft, sharding.make_mesh(**dict(config.mesh))
     tokenizer = load_tokenizer_for(config)
     train_rows, eval_rows = sft_examples(config)

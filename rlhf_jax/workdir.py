@@ -94,3 +94,13 @@ def _jsonable(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return repr(value)
+
+
+def start_stage(config, path: str) -> tuple:
+    """``(workdir, finished result or None)``; a new or resumed stage records its resolved config."""
+    from rlhf_jax.config import save_config
+    wd = Workdir(path)
+    done = wd.read_json("result.json")
+    if done is None and wd.is_writer:
+        save_config(config, wd.file("config.json"))
+    return wd, done

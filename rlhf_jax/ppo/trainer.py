@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from rlhf_jax import sharding, training
 from rlhf_jax.checkpoint import Checkpoints
-from rlhf_jax.config import ConfigError, save_config
+from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.templates import rm_text
 from rlhf_jax.generate import left_pad, sample
@@ -50,7 +50,7 @@ from rlhf_jax.models.heads import PolicyWithValue, ScalarModel, lm_params
 from rlhf_jax.models.transformer import CausalLM
 from rlhf_jax.ppo import algo, rollout, shaping
 from rlhf_jax.ppo.prompts import prompt_set
-from rlhf_jax.workdir import Workdir
+from rlhf_jax.workdir import Workdir, start_stage
 
 log = logging.getLogger(__name__)
 
@@ -464,12 +464,10 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
     ``stop_after``: stop once this many steps are done in total (for tests of
     resumption); the run stays resumable.
     """
-    wd = Workdir(workdir)
-    done = wd.read_json("result.json")
+    wd, done = start_stage(config, workdir)
     if done is not None:
+        log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
-    if wd.is_writer:
-        save_config(config, wd.file("config.json"))
     trainer = PPOTrainer(config, workdir)
     state = trainer.build()
     ckpt = Checkpoints(wd.checkpoints)

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from rlhf_jax import sharding, training
-from rlhf_jax.config import ConfigError, save_config
+from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.preferences import preference_splits
 from rlhf_jax.data.records import DropCounter
@@ -36,7 +36,7 @@ from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models.build import load_tokenizer_for, save_scalar_model, scalar_model
 from rlhf_jax.reward import cartography, interventions
 from rlhf_jax.reward.losses import bradley_terry_loss
-from rlhf_jax.workdir import Workdir
+from rlhf_jax.workdir import Workdir, start_stage
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,10 @@ def dataset_stats(examples) -> dict:
 
 def train_reward_model(config, workdir: str) -> dict:
     """Run (or resume, or return the finished result of) a reward-model stage in ``workdir``."""
-    wd = Workdir(workdir)
-    done = wd.read_json("result.json")
+    wd, done = start_stage(config, workdir)
     if done is not None:
-        log.info("%s already finished; delete result.json to rerun", workdir)
+        log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
-    if wd.is_writer:
-        save_config(config, wd.file("config.json"))
     trainer = RewardTrainer(config, workdir)
     stats = _cartography_stats(config, wd) if config.rm.intervention == "ctr" else None
     data = trainer.prepare_data(stats)
