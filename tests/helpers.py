@@ -1,6 +1,9 @@
 """Helpers shared by tests: random left-padded batches and the PyTorch reference models."""
 
+import os
+
 import numpy as np
+import pytest
 
 from rlhf_jax.generate import left_pad
 from rlhf_jax.models.torch_reference import random_torch_model as torch_model  # noqa: F401
@@ -11,3 +14,18 @@ def left_padded_batch(rng: np.random.Generator, lengths, vocab_size: int, pad_id
                       low: int = 3):
     """Random token ids ``[b, max(lengths)]`` (ids ≥ ``low``) left-padded with ``pad_id``, and the mask."""
     return left_pad([rng.integers(low, vocab_size, size=n) for n in lengths], pad_id)
+
+
+SHARED_DATA_ABSENT = "shared data absent"
+"""Skip reason prefix the CI-strict hook accepts: ../shared/data is a checkout-side folder, not a package."""
+
+HH_HARMLESS_TEST = os.path.normpath(os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "hh-rlhf", "harmless-base",
+    "test.jsonl.gz"))
+
+
+def real_hh_harmless_test() -> str:
+    """The path of the shipped hh-rlhf harmless-base test file, or a clean skip when absent."""
+    if not os.path.exists(HH_HARMLESS_TEST):
+        pytest.skip(f"{SHARED_DATA_ABSENT}: {HH_HARMLESS_TEST}")
+    return HH_HARMLESS_TEST

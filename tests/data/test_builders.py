@@ -18,13 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from tests.helpers import HH_HARMLESS_TEST, real_hh_harmless_test
 import tensorflow_datasets as tfds
 
 from rlhf_jax.data import sources
 from rlhf_jax.data.builders import PairSource, load_pairs, make_builder
 
-HH_TEST = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "hh-rlhf",
-                       "harmless-base", "test.jsonl.gz")
+HH_TEST = HH_HARMLESS_TEST
 
 
 def write_jsonl(path, rows, gz=False):
@@ -230,8 +231,7 @@ def test_download_paths(tmp_path, monkeypatch):
 
 
 def test_hh_rlhf_real_data(tmp_path):
-    if not os.path.exists(HH_TEST):
-        pytest.skip(f"real hh-rlhf data not found at {os.path.normpath(HH_TEST)}")
+    real_hh_harmless_test()
     got = load_pairs("hh_rlhf", "test", path=HH_TEST, data_dir=str(tmp_path), subset="harmless-base",
                      empty="drop")
     assert len(got) == 2312 - 4 and got.drops.counts == {"empty chosen response": 4}

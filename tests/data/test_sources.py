@@ -16,14 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import HH_HARMLESS_TEST, real_hh_harmless_test
+
 from rlhf_jax.data import sources
 from rlhf_jax.data.records import DataError, DropCounter, EmptyTextError, require_text
 from rlhf_jax.data.sources import (read_hh_rlhf, read_local, read_rlcd, read_stack_exchange,
                                    read_webgpt, split_dialogues)
 from rlhf_jax.data.templates import ALPACA_PROMPT, policy_prompt, rm_text
 
-HH_TEST = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "hh-rlhf",
-                       "harmless-base", "test.jsonl.gz")
+HH_TEST = HH_HARMLESS_TEST
 
 
 # ----------------------------------------------------------------------------- writers
@@ -302,8 +303,7 @@ def test_hh_rlhf(tmp_path):
 
 
 def test_hh_rlhf_real_data():
-    if not os.path.exists(HH_TEST):
-        pytest.skip(f"real hh-rlhf data not found at {os.path.normpath(HH_TEST)}")
+    real_hh_harmless_test()
     with pytest.raises(EmptyTextError, match=r"test.jsonl.gz row 86 \(line 87\): key 'chosen response'"):
         read_hh_rlhf(HH_TEST)
     splits, drops = read_hh_rlhf(HH_TEST, empty="drop")

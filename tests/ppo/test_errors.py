@@ -57,10 +57,8 @@ def test_rl_prompts_from_real_hh_rlhf_are_distinct_and_length_filtered(tmp_path)
 
     from rlhf_jax.data.synthetic import SyntheticTask
     from rlhf_jax.ppo.prompts import prompt_set
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "hh-rlhf",
-                        "harmless-base", "test.jsonl.gz")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is absent")
+    from tests.helpers import real_hh_harmless_test
+    path = real_hh_harmless_test()
     config = load_config(f"{CONFIG}:lppo", [*BASE, "--config.data.source=hh_rlhf",
                                             f"--config.data.path={path}",
                                             "--config.data.prompt_split=test",
