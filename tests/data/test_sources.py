@@ -9,7 +9,6 @@ import csv
 import gzip
 import json
 import logging
-import os
 
 import numpy as np
 import pyarrow as pa
