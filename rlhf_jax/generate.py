@@ -58,6 +58,7 @@ class _DecodeState:
     next_logits: jax.Array
     cache: KVCache
     key: jax.Array
+    seen: jax.Array  # [batch, vocab] tokens of the prompt and response so far (repetition penalty)
 
 
 def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, bucket: int = 1) -> tuple:
@@ -96,6 +97,24 @@ def process_logits(logits_bv, temperature, *, greedy: bool, top_k: int, use_top_
     return logits
 
 
+def _prompt_tokens(prompt_ids, prompt_mask, vocab_size: int):
+    """``[batch, vocab]``: which tokens occur in each row's (unpadded) prompt."""
+    rows = jnp.broadcast_to(jnp.arange(prompt_ids.shape[0])[:, None], prompt_ids.shape)
+    return jnp.zeros((prompt_ids.shape[0], vocab_size), bool).at[rows, prompt_ids].max(
+        prompt_mask.astype(bool))
+
+
+def apply_repetition_penalty(logits_bv, seen_bv, penalty):
+    """CTRL's repetition penalty (Keskar et al. 2019; as transformers applies it).
+
+    For every token already in the prompt or the response: a positive logit is
+    divided by ``penalty``, a negative one multiplied by it.
+    """
+    logits = logits_bv.astype(jnp.float32)
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen_bv, penalised, logits)
+
+
 def _choose(logits_bv, key, greedy: bool):
     if greedy:
         return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
@@ -120,7 +139,7 @@ def decoding_view(model, params):
 def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            eos_id: Optional[Union[int, Sequence[int]]] = None, pad_id: int = 0,
-           unroll_layers: bool = True) -> SampleOutput:
+           repetition_penalty: float = 1.0, unroll_layers: bool = True) -> SampleOutput:
     """Sample up to ``max_new_tokens`` per row from ``model`` (a ``CausalLM``).
 
     ``prompt_ids``/``prompt_mask``: ``[batch, prompt_len]``, left-padded.
@@ -137,9 +156,9 @@ def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
     if prompt_ids.shape != prompt_mask.shape or prompt_ids.ndim != 2:
         raise ValueError(f"prompt_ids {prompt_ids.shape} and prompt_mask {prompt_mask.shape} must "
                          "both be [batch, prompt_len]")
-    if not 0.0 < top_p <= 1.0 or top_k < 0 or temperature < 0:
-        raise ValueError(f"need temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1; got {temperature}, "
-                         f"{top_k}, {top_p}")
+    if not 0.0 < top_p <= 1.0 or top_k < 0 or temperature < 0 or repetition_penalty <= 0:
+        raise ValueError(f"need temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1, repetition_penalty > 0; "
+                         f"got {temperature}, {top_k}, {top_p}, {repetition_penalty}")
     cfg = model.config
     if cfg.position == "learned" and prompt_ids.shape[1] + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(
@@ -151,14 +170,16 @@ def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
         model, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key,
         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), max_new_tokens=max_new_tokens,
         top_k=top_k, greedy=temperature == 0, use_top_p=top_p < 1.0, eos_ids=eos_ids,
-        pad_id=pad_id, unroll_layers=unroll_layers)
+        pad_id=pad_id, unroll_layers=unroll_layers, penalty=jnp.float32(repetition_penalty),
+        use_penalty=repetition_penalty != 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "model", "max_new_tokens", "top_k", "greedy", "use_top_p", "eos_ids", "pad_id",
-    "unroll_layers"))
+    "unroll_layers", "use_penalty"))
 def _sample_jitted(model, params, prompt_ids, prompt_mask, key, temperature, top_p, *,
-                   max_new_tokens, top_k, greedy, use_top_p, eos_ids, pad_id, unroll_layers):
+                   max_new_tokens, top_k, greedy, use_top_p, eos_ids, pad_id, unroll_layers,
+                   penalty, use_penalty):
     if unroll_layers:
         model, params = decoding_view(model, params)
     b, p = prompt_ids.shape
@@ -174,7 +195,10 @@ def _sample_jitted(model, params, prompt_ids, prompt_mask, key, temperature, top
 
     def body(state):
         key, step_key = jax.random.split(state.key)
-        logits = process_logits(state.next_logits, temperature, **filters)
+        logits = state.next_logits
+        if use_penalty:
+            logits = apply_repetition_penalty(logits, state.seen, penalty)
+        logits = process_logits(logits, temperature, **filters)
         token = _choose(logits, step_key, greedy)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], -1)[:, 0]
         live = ~state.done
@@ -187,12 +211,15 @@ def _sample_jitted(model, params, prompt_ids, prompt_mask, key, temperature, top
             logprobs=put(state.logprobs, jnp.where(live, logprob, 0.0)),
             mask=put(state.mask, live.astype(jnp.int32)),
             done=state.done | jnp.isin(token, eos), next_logits=out.logits[:, -1],
-            cache=out.cache, key=key)
+            cache=out.cache, key=key,
+            seen=state.seen.at[jnp.arange(b), token].max(live) if use_penalty else state.seen)
 
     state = _DecodeState(
         step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
         logprobs=jnp.zeros((b, max_new_tokens), jnp.float32),
         mask=jnp.zeros((b, max_new_tokens), jnp.int32), done=jnp.zeros((b,), bool),
-        next_logits=prefill.logits[:, -1], cache=prefill.cache, key=key)
+        next_logits=prefill.logits[:, -1], cache=prefill.cache, key=key,
+        seen=_prompt_tokens(prompt_ids, prompt_mask, model.config.vocab_size) if use_penalty
+        else jnp.zeros((b, 1), bool))
     state = jax.lax.while_loop(cond, body, state)
     return SampleOutput(tokens=state.tokens, logprobs=state.logprobs, mask=state.mask)

@@ -171,3 +171,19 @@ def test_top_k_beyond_vocab_keeps_everything(models):
     a = _sample(models, key=2, temperature=1.0, top_k=10 * vocab)
     b = _sample(models, key=2, temperature=1.0)
     np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_repetition_penalty_matches_transformers_greedy(models):
+    # Unpadded prompts: transformers also penalises pad tokens in the prompt, we do not.
+    ids, mask = left_padded_batch(np.random.default_rng(5), [7, 7, 7], models["model"].config.vocab_size)
+    ours = sample(models["model"], models["params"], jnp.asarray(ids), jnp.asarray(mask),
+                  jax.random.key(0), max_new_tokens=NEW, temperature=0.0, repetition_penalty=1.2)
+    plain = sample(models["model"], models["params"], jnp.asarray(ids), jnp.asarray(mask),
+                   jax.random.key(0), max_new_tokens=NEW, temperature=0.0)
+    with torch.no_grad():
+        ref = models["ref"].generate(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+            do_sample=False, max_new_tokens=NEW, repetition_penalty=1.2, eos_token_id=None,
+            pad_token_id=0)[:, ids.shape[1]:].numpy()
+    np.testing.assert_array_equal(np.asarray(ours.tokens), ref)
+    assert not np.array_equal(np.asarray(ours.tokens), np.asarray(plain.tokens))  # it acts
