@@ -1,0 +1,219 @@
+"""Pairwise evaluation of policy A against B on the same prompts (Singhal et al. 2023 Tables 2, 3, 6).
+
+A judge compares A's and B's answers to each prompt and returns 1 (A better),
+0 (B better) or 0.5 (tie). Judges:
+
+- :class:`ScoreJudge`: compares two precomputed scores, e.g. a reward model's
+  (``rlhf-jax score``) or the synthetic task's gold quality;
+- :class:`ChatJudge`: an LLM over any OpenAI-compatible ``/chat/completions``
+  endpoint with an AlpacaFarm-style pairwise prompt; the order of the two outputs
+  is randomised per comparison (seeded); failed calls are retried with
+  exponential backoff, then raise; every judgement is appended to a JSONL cache
+  and reused on rerun, so nothing already judged is lost.
+
+Statistics: :func:`win_rate` (ties count ½) with a paired bootstrap 95% interval
+over prompts (:func:`bootstrap_interval`), and :func:`length_controlled_win_rate`:
+a logistic model ``P(A wins) = σ(θ₀ + θ₁·Δlen/s)`` fitted to the decisive
+comparisons, reported at ``Δlen = 0`` (``σ(θ₀)``), as length-controlled
+AlpacaEval does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from scipy import optimize, special
+
+
+def win_rate(outcomes: Sequence[float]) -> float:
+    """Mean outcome: the fraction of comparisons A wins, ties counting ½."""
+    outcomes = np.asarray(outcomes, float)
+    if outcomes.size == 0:
+        raise ValueError("no comparisons to compute a win rate from")
+    return float(outcomes.mean())
+
+
+def bootstrap_interval(outcomes_by_prompt: Sequence[Sequence[float]], *, samples: int = 2000,
+                       seed: int = 0, level: float = 0.95) -> tuple:
+    """Paired bootstrap over prompts: resample prompts with replacement, all their comparisons with them."""
+    per_prompt = [np.asarray(o, float) for o in outcomes_by_prompt if len(o)]
+    if not per_prompt:
+        raise ValueError("no comparisons to bootstrap")
+    sums = np.asarray([o.sum() for o in per_prompt])
+    counts = np.asarray([len(o) for o in per_prompt])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(per_prompt), size=(samples, len(per_prompt)))
+    rates = sums[draws].sum(1) / counts[draws].sum(1)
+    tail = (1.0 - level) / 2
+    return float(np.quantile(rates, tail)), float(np.quantile(rates, 1.0 - tail))
+
+
+def length_controlled_win_rate(outcomes: Sequence[float], length_diffs: Sequence[float]) -> dict:
+    """``σ(θ₀)`` of ``P(A wins) = σ(θ₀ + θ₁·Δlen/s)`` fitted by maximum likelihood.
+
+    ``Δlen = len(A) − len(B)``, scaled by its standard deviation ``s``; ties enter
+    with target ½ (the likelihood is the cross-entropy against the outcome).
+    Returns ``{"lc_win_rate", "theta0", "theta1_per_token"}``.
+    """
+    y = np.asarray(outcomes, float)
+    d = np.asarray(length_diffs, float)
+    if y.shape != d.shape or y.size < 2:
+        raise ValueError("need ≥ 2 comparisons with one length difference each")
+    scale = d.std() if d.std() > 0 else 1.0
+    x = d / scale
+
+    def loss(theta):
+        z = theta[0] + theta[1] * x
+        return float(np.sum(np.logaddexp(0, z) - y * z))
+
+    def grad(theta):
+        p = special.expit(theta[0] + theta[1] * x)
+        return np.asarray([np.sum(p - y), np.sum((p - y) * x)])
+
+    fit = optimize.minimize(loss, np.zeros(2), jac=grad, method="BFGS")
+    theta0, theta1 = fit.x
+    return {"lc_win_rate": float(special.expit(theta0)), "theta0": float(theta0),
+            "theta1_per_token": float(theta1 / scale)}
+
+
+def compare_policies(rows_a: Sequence[dict], rows_b: Sequence[dict], judge: Callable,
+                     *, seed: int = 0) -> dict:
+    """Judge A's sample ``k`` against B's sample ``k`` for every prompt; the summary table row."""
+    by_b = {(r["prompt_id"], r["sample_id"]): r for r in rows_b}
+    missing = [(r["prompt_id"], r["sample_id"]) for r in rows_a
+               if (r["prompt_id"], r["sample_id"]) not in by_b]
+    if missing:
+        raise ValueError(f"{len(missing)} of A's samples have no counterpart in B (first: "
+                         f"prompt {missing[0][0]!r}, sample {missing[0][1]}): sample both policies on "
+                         "the same prompts with the same number of samples")
+    outcomes, diffs, per_prompt = [], [], {}
+    for a in rows_a:
+        b = by_b[(a["prompt_id"], a["sample_id"])]
+        outcome = judge(a, b)
+        outcomes.append(outcome)
+        diffs.append(a["length"] - b["length"])
+        per_prompt.setdefault(a["prompt_id"], []).append(outcome)
+    low, high = bootstrap_interval(list(per_prompt.values()), seed=seed)
+    lc = length_controlled_win_rate(outcomes, diffs)
+    return {"win_rate": win_rate(outcomes), "ci_low": low, "ci_high": high,
+            "lc_win_rate": lc["lc_win_rate"], "comparisons": len(outcomes),
+            "ties": int(sum(o == 0.5 for o in outcomes)),
+            "mean_length_a": float(np.mean([r["length"] for r in rows_a])),
+            "mean_length_b": float(np.mean([r["length"] for r in rows_b]))}
+
+
+class ScoreJudge:
+    """1 / 0 / ½ by comparing ``row[key]`` of the two answers (a reward-model or gold score)."""
+
+    def __init__(self, key: str = "score", tolerance: float = 0.0):
+        self.key, self.tolerance = key, tolerance
+
+    def __call__(self, a: dict, b: dict) -> float:
+        diff = a[self.key] - b[self.key]
+        return 0.5 if abs(diff) <= self.tolerance else float(diff > 0)
+
+
+PAIRWISE_PROMPT = """Select the output (a) or (b) that best matches the given instruction. Choose your \
+preferred output, which can be subjective. Your answer should ONLY contain: Output (a) or Output (b).
+
+# Instruction:
+{instruction}
+
+# Output (a):
+{output_a}
+
+# Output (b):
+{output_b}
+
+# Which is best, Output (a) or Output (b)?"""
+"""An AlpacaFarm-style pairwise judging prompt (our wording)."""
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint kept failing or answering something unparseable."""
+
+
+class ChatJudge:
+    """Pairwise LLM judge over an OpenAI-compatible chat-completions endpoint, with a persistent cache.
+
+    ``base_url`` (e.g. ``http://localhost:8000/v1``), ``model`` and ``api_key``
+    default to ``$RLHF_JAX_JUDGE_BASE_URL``, ``$RLHF_JAX_JUDGE_MODEL`` and
+    ``$OPENAI_API_KEY``. ``cache_path``: a JSONL file of earlier judgements.
+    """
+
+    def __init__(self, *, base_url: Optional[str] = None, model: Optional[str] = None,
+                 api_key: Optional[str] = None, cache_path: Optional[str] = None, seed: int = 0,
+                 retries: int = 4, backoff: float = 1.0, timeout: float = 60.0):
+        self.base_url = (base_url or os.environ.get("RLHF_JAX_JUDGE_BASE_URL", "")).rstrip("/")
+        self.model = model or os.environ.get("RLHF_JAX_JUDGE_MODEL", "")
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY", "")
+        if not self.base_url or not self.model:
+            raise ValueError("ChatJudge needs a base_url and a model (or RLHF_JAX_JUDGE_BASE_URL "
+                             "and RLHF_JAX_JUDGE_MODEL)")
+        self.cache_path, self.seed = cache_path, seed
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.cache = self._load_cache()
+
+    def _load_cache(self) -> dict:
+        cache = {}
+        if self.cache_path and os.path.exists(self.cache_path):
+            with open(self.cache_path) as f:
+                for line in f:
+                    if line.strip():
+                        row = json.loads(line)
+                        cache[row["key"]] = row["outcome"]
+        return cache
+
+    def _key(self, a: dict, b: dict) -> str:
+        return json.dumps([a["prompt"], a["text"], b["text"], self.model])
+
+    def __call__(self, a: dict, b: dict) -> float:
+        key = self._key(a, b)
+        if key in self.cache:
+            return self.cache[key]
+        swap = random.Random(f"{self.seed}:{key}").random() < 0.5  # order randomised, seeded
+        first, second = (b, a) if swap else (a, b)
+        choice = self._ask(PAIRWISE_PROMPT.format(instruction=a["prompt"], output_a=first["text"],
+                                                  output_b=second["text"]))
+        outcome = 0.5 if choice is None else float((choice == "a") != swap)
+        self.cache[key] = outcome
+        if self.cache_path:
+            with open(self.cache_path, "a") as f:
+                f.write(json.dumps({"key": key, "outcome": outcome}) + "\n")
+        return outcome
+
+    def _ask(self, prompt: str) -> Optional[str]:
+        """``"a"``, ``"b"``, or ``None`` (a tie: the judge named both or neither)."""
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 8,
+                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        last_error = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            request = urllib.request.Request(
+                f"{self.base_url}/chat/completions", data=body, method="POST",
+                headers={"Content-Type": "application/json",
+                         **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    answer = json.loads(response.read())["choices"][0]["message"]["content"]
+            except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError,
+                    TypeError, json.JSONDecodeError) as err:
+                last_error = err
+                continue
+            text = answer.lower()
+            has_a, has_b = "output (a)" in text, "output (b)" in text
+            if has_a != has_b:
+                return "a" if has_a else "b"
+            if has_a and has_b:
+                return None
+            last_error = ValueError(f"unparseable judgement {answer!r}")
+        raise JudgeError(f"judge at {self.base_url} failed after {self.retries + 1} attempts: "
+                         f"{last_error}")
