@@ -21,6 +21,7 @@ Sub-commands (more arrive with the training stages):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Optional, Sequence
@@ -116,6 +117,62 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    """``run``: the whole study of a config (:mod:`rlhf_jax.study`), then its summary table."""
+    import logging
+
+    from rlhf_jax.config import ConfigError, load_config
+    from rlhf_jax.study import format_summary, run_study
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        raise SystemExit(f"rlhf-jax run: {err}") from None
+    start = time.perf_counter()
+    result = run_study(config, args.workdir)
+    print(format_summary(result))
+    print(f"[study finished in {time.perf_counter() - start:.0f} s]", file=sys.stderr)
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    """``analyze``: tables, plots and the report over scored samples of two or more policies."""
+    from rlhf_jax.analysis.report import analyze
+    from rlhf_jax.samples import read_jsonl
+    samples = dict(_named_path(s) for s in args.samples)
+    curves = dict(_named_path(c) for c in (args.curves or []))
+    summary = analyze({k: read_jsonl(v) for k, v in samples.items()}, args.out,
+                      baseline=args.baseline or next(iter(samples)),
+                      bin_width=args.bin_width, max_length=args.max_length,
+                      curves={k: read_jsonl(v) for k, v in curves.items()})
+    for g in summary["gains"]:
+        print(f"{g['policy']} vs {g['vs']}: ΔR {g['delta_r']:.3f}  NRG {g['nrg']:.3f}  "
+              f"NRG/ΔR {g['ratio']:.3f}")
+    print(f"report: {args.out}/report.html", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """``evaluate``: win rate of A against B with a score judge or an OpenAI-compatible LLM judge."""
+    from rlhf_jax import evaluate
+    from rlhf_jax.samples import read_jsonl
+    if args.judge == "chat":
+        judge = evaluate.ChatJudge(base_url=args.base_url, model=args.judge_model,
+                                   cache_path=args.cache, seed=args.seed)
+    else:
+        judge = evaluate.ScoreJudge(args.score_key)
+    result = evaluate.compare_policies(read_jsonl(args.a), read_jsonl(args.b), judge, seed=args.seed)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _named_path(text: str) -> tuple:
+    if "=" not in text:
+        raise SystemExit(f"expected NAME=PATH, got {text!r}")
+    name, path = text.split("=", 1)
+    return name, path
+
+
 def cmd_stage(args) -> int:
     """Run a training stage from a config file and overrides; print its result summary."""
     import json
@@ -170,6 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--tokenizer", default="", help="default: the reward model's own")
     score.add_argument("--batch-size", type=int, default=16)
     score.set_defaults(func=cmd_score)
+    run = sub.add_parser("run", help="the whole study of a config (SFT → RMs → PPO → analysis)")
+    run.add_argument("config", help="study config, e.g. configs/demo.py")
+    run.add_argument("--workdir", default="runs/demo")
+    run.set_defaults(func=cmd_run)
+    ana = sub.add_parser("analyze", help="length analysis and report over scored samples")
+    ana.add_argument("--samples", action="append", required=True, help="NAME=FILE.jsonl (repeat)")
+    ana.add_argument("--baseline", help="the policy others are compared with (default: the first)")
+    ana.add_argument("--curves", action="append", help="NAME=metrics.jsonl of a PPO workdir")
+    ana.add_argument("--out", required=True)
+    ana.add_argument("--bin-width", type=int, default=20)
+    ana.add_argument("--max-length", type=int, default=260)
+    ana.set_defaults(func=cmd_analyze)
+    ev = sub.add_parser("evaluate", help="pairwise win rate of policy A against B")
+    ev.add_argument("--a", required=True, help="samples JSONL of policy A")
+    ev.add_argument("--b", required=True, help="samples JSONL of policy B (same prompts)")
+    ev.add_argument("--judge", choices=("score", "chat"), default="score")
+    ev.add_argument("--score-key", default="score", help="row field a score judge compares")
+    ev.add_argument("--base-url", help="OpenAI-compatible endpoint (or $RLHF_JAX_JUDGE_BASE_URL)")
+    ev.add_argument("--judge-model", help="(or $RLHF_JAX_JUDGE_MODEL)")
+    ev.add_argument("--cache", help="JSONL of judgements, appended and reused")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=cmd_evaluate)
     for name, help_text in (("sft", "supervised fine-tuning of a policy"),
                             ("train-rm", "train a Bradley–Terry reward model"),
                             ("ppo", "PPO against a reward model or a length-only reward")):
