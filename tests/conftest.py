@@ -48,3 +48,18 @@ def smollm2_reference():
     directory, name = os.path.split(path)
     return transformers.AutoModelForCausalLM.from_pretrained(
         directory, gguf_file=name, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def demo_study(tmp_path_factory):
+    """``rlhf-jax run configs/demo.py`` once per session: ``(workdir, result)``.
+
+    The study's stages (SFT, the standard and BAL reward models, PPO standard /
+    high-KL / LPPO β=0) are what several test modules assert on, so they share
+    this one run instead of training their own.
+    """
+    from rlhf_jax.config import load_config
+    from rlhf_jax.study import run_study
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = str(tmp_path_factory.mktemp("demo"))
+    return workdir, run_study(load_config(os.path.join(root, "configs", "demo.py")), workdir)

@@ -6,17 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from rlhf_jax.config import load_config
 from rlhf_jax.data.records import DataError
-from rlhf_jax.sft import read_sft_jsonl, train_sft
-
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "sft.py")
-
+from rlhf_jax.sft import read_sft_jsonl
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("sft"))
-    return workdir, train_sft(load_config(CONFIG, ["--config.sft.epochs=2"]), workdir)
+def sft_run(demo_study):
+    """The demo study's SFT stage (``configs/synthetic/sft.py``)."""
+    workdir = os.path.join(demo_study[0], "sft")
+    return workdir, json.load(open(os.path.join(workdir, "result.json")))
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """PPO on the synthetic task with a tiny policy: the paper's directions, asserted with margins.
 
-Chain: SFT (``configs/synthetic/sft.py``) → a length-biased reward model
+Chain (the shared demo study of ``tests/conftest.py``): SFT
+(``configs/synthetic/sft.py``) → a length-biased reward model
 (``configs/synthetic/rm.py``: labels σ(Δquality + 0.3·Δlength)) → PPO
 (``configs/synthetic/ppo.py``). Asserted (Singhal et al. §4–5):
 
@@ -24,18 +25,15 @@ from safetensors.numpy import load_file
 
 from rlhf_jax.config import load_config
 from rlhf_jax.ppo.trainer import train_ppo
-from rlhf_jax.reward.train import train_reward_model
-from rlhf_jax.sft import train_sft
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic")
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain")
-    train_sft(load_config(os.path.join(CONFIGS, "sft.py")), str(root / "sft"))
-    train_reward_model(load_config(os.path.join(CONFIGS, "rm.py")), str(root / "rm"))
-    return str(root / "sft" / "export"), str(root / "rm" / "export")
+def exports(demo_study):
+    """The SFT and standard reward-model exports of the shared demo study (see conftest)."""
+    workdir, _ = demo_study
+    return os.path.join(workdir, "sft", "export"), os.path.join(workdir, "rm", "export")
 
 
 def ppo(exports, workdir, variant="standard", extra=(), **kwargs):
@@ -46,8 +44,11 @@ def ppo(exports, workdir, variant="standard", extra=(), **kwargs):
 
 
 @pytest.fixture(scope="module")
-def runs(exports, tmp_path_factory):
-    return {v: ppo(exports, tmp_path_factory.mktemp(v), v) for v in ("standard", "high_kl", "lppo_beta0")}
+def runs(demo_study):
+    """The demo study's PPO runs: ``configs/synthetic/ppo.py`` standard, high_kl and lppo_beta0."""
+    workdir, _ = demo_study
+    return {v: json.load(open(os.path.join(workdir, f"ppo_{v}", "result.json")))
+            for v in ("standard", "high_kl", "lppo_beta0")}
 
 
 def change(result, key):

@@ -8,6 +8,7 @@ The export loads in transformers (``LlamaForSequenceClassification``) and gives
 the same scores; a rerun in a finished workdir returns its result.
 """
 
+import json
 import os
 
 import numpy as np
@@ -20,12 +21,12 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthet
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = {}
-    for variant in ("none", "bal"):
-        workdir = str(tmp_path_factory.mktemp(variant))
-        out[variant] = (workdir, train_reward_model(load_config(f"{CONFIG}:{variant}"), workdir))
-    return out
+def runs(demo_study):
+    """The demo study's standard and BAL reward models (``configs/synthetic/rm.py:none|bal``)."""
+    workdir, _ = demo_study
+    return {variant: (os.path.join(workdir, sub), json.load(open(os.path.join(workdir, sub,
+                                                                             "result.json"))))
+            for variant, sub in (("none", "rm"), ("bal", "rm_bal"))}
 
 
 @pytest.mark.slow
