@@ -12,7 +12,6 @@ causal-LM directory with the tokenizer.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 
 import jax
@@ -23,10 +22,11 @@ from rlhf_jax import sharding, training
 from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.preferences import hold_out, synthetic_task
-from rlhf_jax.data.records import DataError, require_text
+from rlhf_jax.data.records import require_text
 from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.build import causal_lm, load_tokenizer_for
+from rlhf_jax.samples import read_jsonl
 from rlhf_jax.reward.train import check_vocab
 from rlhf_jax.workdir import start_stage
 
@@ -57,22 +57,11 @@ def nll_sum_and_count(params, batch, *, model):
 def read_sft_jsonl(path: str) -> list:
     """``{id, prompt, response}`` rows of a JSONL file; bad rows name the file and line."""
     rows = []
-    with open(path) as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {line_number}: broken JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {line_number}: expected a JSON object with keys "
-                                f"'prompt' and 'response', got {type(row).__name__}")
-            rows.append({"id": str(row.get("id", f"sft-{line_number:06d}")),
-                         "prompt": require_text(row, "prompt", file=path, row_index=line_number - 1,
-                                                line=line_number),
-                         "response": require_text(row, "response", file=path,
-                                                  row_index=line_number - 1, line=line_number)})
+    for row in read_jsonl(path):
+        at = dict(file=path, row_index=row["_line"] - 1, line=row["_line"])
+        rows.append({"id": str(row.get("id", f"sft-{row['_line']:06d}")),
+                     "prompt": require_text(row, "prompt", **at),
+                     "response": require_text(row, "response", **at)})
     return rows
 
 
