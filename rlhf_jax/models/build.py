@@ -82,6 +82,9 @@ def tokenizer_for(spec_tokenizer: str, model_init: str):
     path = resolve_init_path(spec_tokenizer or model_init)
     if path.startswith("preset:"):
         raise CheckpointError(f"a preset model ({path}) has no tokenizer: set data.tokenizer")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or directory (the tokenizer comes from "
+                              "data.tokenizer, else model.init: a local HF directory or .gguf file)")
     return load_tokenizer(path)
 
 

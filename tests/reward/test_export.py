@@ -55,3 +55,10 @@ def test_missing_head_is_named(exported, tmp_path):
     save_file(tensors, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="'score.bias' is missing"):
         load_scalar_model(str(tmp_path))
+
+
+def test_missing_checkpoint_directory_is_named_before_any_download(tmp_path):
+    from rlhf_jax.models.build import tokenizer_for
+    missing = str(tmp_path / "llama-7b")
+    with pytest.raises(CheckpointError, match="llama-7b: no such file or directory"):
+        tokenizer_for("", missing)
