@@ -270,7 +270,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tune_cpu_flags()  # before JAX starts its CPU backend; RLHF_JAX_CPU_TUNING=0 opts out
     from rlhf_jax.sharding import initialize_distributed
     initialize_distributed()  # a no-op unless launched on several hosts (see launch/)
-    return args.func(args)
+    from rlhf_jax.config import ConfigError
+    from rlhf_jax.data.records import DataError
+    from rlhf_jax.models.errors import CheckpointError
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError) as err:  # bad input: the message says it all
+        raise SystemExit(f"rlhf-jax {args.command}: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """``rlhf-jax generate`` end to end on a tiny random model with a word-level tokenizer."""
 
+import os
 import shutil
 import subprocess
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import cli
-from rlhf_jax.models import CausalLM, CheckpointError, config_from_hf, init_params, save_pretrained
+from rlhf_jax.models import CausalLM, config_from_hf, init_params, save_pretrained
 from rlhf_jax.models.presets import preset_config
 
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
@@ -50,8 +51,15 @@ def test_prompts_are_left_padded_to_a_bucket():
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match="nope"):
+    # Bad input ends the command with the error's message, without a traceback.
+    with pytest.raises(SystemExit, match=r"rlhf-jax generate: .*nope: no such file"):
         cli.main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"])
+
+
+def test_unknown_config_key_ends_the_command(tmp_path):
+    config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic", "rm.py")
+    with pytest.raises(SystemExit, match="unknown config key 'rm.lrr'"):
+        cli.main(["train-rm", "--config", config, "--workdir", str(tmp_path), "--config.rm.lrr=1"])
 
 
 def test_console_script_is_installed():
