@@ -31,6 +31,7 @@ import numpy as np
 from rlhf_jax import evaluate
 from rlhf_jax.analysis.report import analyze
 from rlhf_jax.data.preferences import synthetic_task
+from rlhf_jax.defaults import with_ppo_variant
 from rlhf_jax.generate import decoding_view
 from rlhf_jax.models import load_pretrained, load_tokenizer
 from rlhf_jax.models.build import load_scalar_model
@@ -95,7 +96,6 @@ def run_study(config, workdir: str) -> dict:
     for variant in config.ppo_variants:
         ppo_config = _stage_config(config, "ppo", **{"model.init": sft_export,
                                                       "reward.model": rm_export})
-        from rlhf_jax.defaults import with_ppo_variant
         with ppo_config.unlocked():
             with_ppo_variant(ppo_config, variant, config.ppo.shaping.target_length)
         train_ppo(ppo_config, stage(f"ppo_{variant}"))

@@ -71,6 +71,15 @@ class Workdir:
                 writer.add_scalar(f"{split}/{key}", value, int(step))
         writer.flush()
 
+    def read_metrics(self, split: Optional[str] = None) -> list:
+        """The rows of ``metrics.jsonl`` (of one ``split`` when given)."""
+        path = self.file("metrics.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return [r for r in rows if split is None or r["split"] == split]
+
     def _writer(self):
         if self._tensorboard is None:
             from tensorboardX import SummaryWriter

@@ -1,6 +1,9 @@
 """Helpers shared by tests: random left-padded batches and the PyTorch reference models."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,3 +32,15 @@ def real_hh_harmless_test() -> str:
     if not os.path.exists(HH_HARMLESS_TEST):
         pytest.skip(f"{SHARED_DATA_ABSENT}: {HH_HARMLESS_TEST}")
     return HH_HARMLESS_TEST
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_multidevice_script(name: str, timeout: int = 600) -> dict:
+    """Run ``tests/multidevice/NAME`` in a fresh process (8 simulated devices); its last JSON line."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice", name)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])

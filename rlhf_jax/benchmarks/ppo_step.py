@@ -32,7 +32,6 @@ CASES = {  # name: (preset, prompts per step, minibatch, new tokens)
     "tiny": ("tiny-llama", 32, 16, 64),
     "llama-135m": ("llama-135m", 8, 4, 64),
 }
-PHASES = ("time/generation", "time/score", "time/ref_logprobs", "time/values", "time/update")
 
 
 def parse_args(argv=None):
@@ -66,7 +65,7 @@ def case_config(name: str, prompt_len: int):
 
 
 def measure(name: str, args) -> dict:
-    from rlhf_jax.ppo.trainer import PPOTrainer
+    from rlhf_jax.ppo.trainer import PHASES, PPOTrainer
     config = case_config(name, args.prompt_len)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = PPOTrainer(config, tmp)

@@ -252,7 +252,7 @@ class PPOTrainer:
     """Builds the roles, compiled functions and data of a PPO run."""
 
     def __init__(self, config, workdir: str):
-        self.config, self.cfg = config, config
+        self.config = config
         self.workdir = Workdir(workdir)
         self.mesh = sharding.make_mesh(**dict(config.mesh))
         self.tokenizer = load_tokenizer_for(config)
@@ -457,8 +457,7 @@ def check_finite(metrics: dict) -> None:
                                  "good checkpoint is kept")
 
 
-def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
-              on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
+def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None) -> dict:
     """Run (or resume, or return the finished result of) a PPO stage in ``workdir``.
 
     ``stop_after``: stop once this many steps are done in total (for tests of
@@ -482,8 +481,6 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
         state, metrics, _ = trainer.run_step(state)
         history.append(metrics)
         wd.log_metrics(step + 1, metrics)
-        if on_step is not None:
-            on_step(step + 1, metrics)
         progress.update(1)
         progress.set_postfix(score=f"{metrics.get('env/rm_score', metrics['env/reward_raw']):.3f}",
                              len=f"{metrics['env/response_length']:.1f}",
@@ -496,7 +493,7 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
         return {"stopped_at": end, "history": history}
     save_pretrained(trainer.lm, lm_params(state.params["policy"]), wd.export,
                     tokenizer=trainer.tokenizer)
-    logged = [r for r in _read_metrics(wd) if r["split"] == "train"]
+    logged = wd.read_metrics("train")
     first, last = logged[:max(1, len(logged) // 10)], logged[-max(1, len(logged) // 10):]
     summary = {k: {"first": float(np.mean([r[k] for r in first])),
                    "last": float(np.mean([r[k] for r in last]))}
@@ -507,12 +504,3 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
     wd.close()
     return result
 
-
-def _read_metrics(wd: Workdir) -> list:
-    import json
-    import os
-    path = wd.file("metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -44,7 +44,7 @@ def one_update(mesh):
         config.reward.kind = "length_only"
         config.shaping.name = "length_only"
     trainer = PPOTrainer.__new__(PPOTrainer)
-    trainer.config = trainer.cfg = config
+    trainer.config = config
     trainer.mesh = mesh
     trainer.policy_model = None
     from rlhf_jax.models.build import load_tokenizer_for

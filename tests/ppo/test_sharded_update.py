@@ -6,20 +6,11 @@ near-zero gradients less than that here; the reference is the same update on
 one device).
 """
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import run_multidevice_script
 
 
 def test_sharded_ppo_update_equals_single_device():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice", "ppo_update.py")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    result = run_multidevice_script("ppo_update.py")
     assert result["param_update_size"] > 1e-4, "the update must move the params"
     assert result["param_diff"] <= 1e-5 and result["metric_diff"] <= 1e-5
     assert result["q_proj_spec"] == ["None", "fsdp", "tensor", "None"]

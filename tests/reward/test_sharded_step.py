@@ -5,20 +5,11 @@ count at start-up). Tolerances: loss and margins 1e-5, params after one AdamW
 step (eps 1e-6) 1e-5.
 """
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import run_multidevice_script
 
 
 def test_sharded_reward_step_equals_single_device():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice", "reward_step.py")],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    result = run_multidevice_script("reward_step.py")
     assert result["loss_diff"] <= 1e-5 and result["margin_diff"] <= 1e-5
     assert result["param_update_size"] > 1e-4, "the step must move the params"
     assert result["param_diff"] <= 1e-5
