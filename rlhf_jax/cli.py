@@ -144,7 +144,8 @@ def cmd_analyze(args) -> int:
     summary = analyze({k: read_jsonl(v) for k, v in samples.items()}, args.out,
                       baseline=args.baseline or next(iter(samples)),
                       bin_width=args.bin_width, max_length=args.max_length,
-                      curves={k: read_jsonl(v) for k, v in curves.items()})
+                      curves={k: read_jsonl(v) for k, v in curves.items()},
+                      reward_models=dict(_named_path(r) for r in (args.reward_model or [])))
     for g in summary["gains"]:
         print(f"{g['policy']} vs {g['vs']}: ΔR {g['delta_r']:.3f}  NRG {g['nrg']:.3f}  "
               f"NRG/ΔR {g['ratio']:.3f}")
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--samples", action="append", required=True, help="NAME=FILE.jsonl (repeat)")
     ana.add_argument("--baseline", help="the policy others are compared with (default: the first)")
     ana.add_argument("--curves", action="append", help="NAME=metrics.jsonl of a PPO workdir")
+    ana.add_argument("--reward-model", action="append",
+                     help="NAME=WORKDIR of a train-rm run: accuracy, length heuristic, cartography")
     ana.add_argument("--out", required=True)
     ana.add_argument("--bin-width", type=int, default=20)
     ana.add_argument("--max-length", type=int, default=260)

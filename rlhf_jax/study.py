@@ -3,21 +3,27 @@
 Stages, each resumable in its own sub-directory of the workdir (a stage with a
 ``result.json`` is skipped on rerun):
 
-1. ``sft/``: the initial policy (:mod:`rlhf_jax.sft`);
+1. ``sft/``: the initial policy (:mod:`rlhf_jax.sft`), when the config has an
+   ``sft`` section; otherwise ``study.initial_policy`` (a checkpoint, e.g.
+   ``smollm2``) is the initial policy and the baseline, still called ``sft``;
 2. ``rm/`` and ``rm_bal/``: the standard and the length-balanced reward model
    (:mod:`rlhf_jax.reward.train`);
 3. ``ppo_<variant>/``: PPO against the standard reward model for each variant of
    ``config.ppo_variants`` (standard, high KL, LPPO, …);
 4. ``samples/<policy>.jsonl``: ``study.samples_per_prompt`` samples per eval prompt
    of the SFT policy and every PPO policy, scored by the standard reward model
-   (``score``) and by the gold judge (``gold``, the synthetic task's true quality);
-5. ``report/``: :func:`rlhf_jax.analysis.report.analyze` (tables, plots, HTML)
-   plus win rates against SFT judged by the gold quality.
+   (``score``) and, on the synthetic task, by the gold judge (``gold``, its true
+   quality). Eval prompts: the synthetic task's held-out prompts, or those of
+   ``study.eval_prompt_split`` (e.g. ``preference:eval``, the pairs the reward
+   model held out), a seeded subset of ``study.eval_prompts``;
+5. ``report/``: :func:`rlhf_jax.analysis.report.analyze` (tables, plots, HTML,
+   the reward models' length heuristic and cartography) plus win rates against
+   SFT judged by ``study.judge``: ``gold`` or ``score`` (the standard reward model).
 
 Returns (and prints) the summary table: mean length, reward-model score, gold
-quality, NRG and NRG/ΔR over SFT, gold win rate vs SFT (with its 95% interval and
-the length-controlled rate) for each policy, and the reward models' length
-correlations.
+quality (synthetic task), NRG and NRG/ΔR over SFT, win rate vs SFT (with its 95%
+interval and the length-controlled rate) for each policy, and the reward models'
+length correlations.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from rlhf_jax.data.preferences import synthetic_task
 from rlhf_jax.defaults import with_ppo_variant
 from rlhf_jax.generate import decoding_view
 from rlhf_jax.models import load_pretrained, load_tokenizer
-from rlhf_jax.models.build import load_scalar_model
+from rlhf_jax.models.build import load_scalar_model, resolve_init_path
+from rlhf_jax.ppo.prompts import prompt_set
 from rlhf_jax.ppo.trainer import train_ppo
 from rlhf_jax.reward.train import train_reward_model
 from rlhf_jax.samples import generate_samples, read_jsonl, score_samples, write_jsonl
@@ -55,15 +62,26 @@ def _stage_config(config, section: str, **overrides):
     return stage
 
 
-def eval_prompts(config) -> list:
+def is_synthetic(config) -> bool:
+    return config.ppo.data.source == "synthetic"
+
+
+def eval_prompts(config, tokenizer) -> list:
+    """``[{"id", "prompt"}]``: ``study.eval_prompts`` held-out prompts (seeded)."""
     s = config.study
-    task = synthetic_task(config.sft.data)
-    return [{"id": f"eval-{i:04d}", "prompt": p}
-            for i, p in enumerate(task.prompts(s.eval_prompts, seed=s.eval_seed))]
+    if is_synthetic(config):
+        task = synthetic_task(config.ppo.data)
+        texts = task.prompts(s.eval_prompts, seed=s.eval_seed)
+    else:
+        data_config = _stage_config(config, "ppo", **{"data.prompt_split": s.eval_prompt_split})
+        texts = [p["text"] for p in prompt_set(data_config, tokenizer, need=s.eval_prompts)]
+        keep = np.random.default_rng(s.eval_seed).choice(len(texts), s.eval_prompts, replace=False)
+        texts = [texts[i] for i in sorted(keep)]
+    return [{"id": f"eval-{i:04d}", "prompt": p} for i, p in enumerate(texts)]
 
 
 def policy_samples(name: str, export: str, config, prompts, rm, rm_params, rm_tokenizer, path) -> list:
-    """Sampled, RM-scored and gold-scored rows of one policy (cached in ``path``)."""
+    """Sampled, RM-scored (and, on the synthetic task, gold-scored) rows of one policy, cached in ``path``."""
     if os.path.exists(path):
         return read_jsonl(path)
     s = config.study
@@ -72,25 +90,35 @@ def policy_samples(name: str, export: str, config, prompts, rm, rm_params, rm_to
     rows = generate_samples(model, params, tokenizer, prompts, samples_per_prompt=s.samples_per_prompt,
                             max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                             top_p=s.top_p, repetition_penalty=s.repetition_penalty,
-                            batch_size=s.batch_size, seed=s.seed, bucket=8)
+                            template=config.ppo.data.prompt_template,
+                            batch_size=s.batch_size, seed=s.seed, bucket=s.prompt_bucket)
     rows = score_samples(rows, rm, rm_params, rm_tokenizer, template=s.rm_template,
                          batch_size=s.batch_size, buckets=tuple(s.rm_buckets), source=name)
-    task = synthetic_task(config.sft.data)
-    rows = [{**r, "gold": task.quality(r["prompt"], r["text"])} for r in rows]
+    if is_synthetic(config):
+        task = synthetic_task(config.ppo.data)
+        rows = [{**r, "gold": task.quality(r["prompt"], r["text"])} for r in rows]
     write_jsonl(rows, path)
     return rows
+
+
+def initial_policy(config, workdir: str) -> str:
+    """The SFT stage's export, or ``study.initial_policy`` when the config has no ``sft`` stage."""
+    if "sft" in config:
+        train_sft(config.sft, os.path.join(workdir, "sft"))
+        return os.path.join(workdir, "sft", "export")
+    return resolve_init_path(config.study.initial_policy)
 
 
 def run_study(config, workdir: str) -> dict:
     """Run every stage (resuming finished ones) and return the summary."""
     os.makedirs(workdir, exist_ok=True)
     stage = lambda name: os.path.join(workdir, name)  # noqa: E731
-    train_sft(config.sft, stage("sft"))
-    sft_export = os.path.join(stage("sft"), "export")
-    rm_results = {"standard": train_reward_model(config.rm, stage("rm"))}
+    sft_export = initial_policy(config, workdir)
+    rm_dirs = {"standard": stage("rm")}
+    train_reward_model(config.rm, stage("rm"))
     if config.study.with_bal:
-        rm_results["BAL"] = train_reward_model(
-            _stage_config(config, "rm", **{"rm.intervention": "bal"}), stage("rm_bal"))
+        rm_dirs["BAL"] = stage("rm_bal")
+        train_reward_model(_stage_config(config, "rm", **{"rm.intervention": "bal"}), stage("rm_bal"))
     rm_export = os.path.join(stage("rm"), "export")
     exports, curves = {"sft": sft_export}, {}
     for variant in config.ppo_variants:
@@ -105,28 +133,25 @@ def run_study(config, workdir: str) -> dict:
     rm, rm_params = load_scalar_model(rm_export)
     rm_tokenizer = load_tokenizer(rm_export)
     os.makedirs(stage("samples"), exist_ok=True)
-    prompts = eval_prompts(config)
+    prompts = eval_prompts(config, load_tokenizer(sft_export))
     samples = {name: policy_samples(name, path, config, prompts, rm, rm_params, rm_tokenizer,
                                     os.path.join(stage("samples"), f"{name}.jsonl"))
                for name, path in exports.items()}
+    judge = config.study.judge
     wins = []
     for name, rows in samples.items():
         if name != "sft":
             wins.append({"policy": name, **evaluate.compare_policies(
-                rows, samples["sft"], evaluate.ScoreJudge("gold"), seed=config.study.seed)})
-    rm_table = [{"reward model": k, "eval accuracy": v["eval"]["accuracy"],
-                 "corr(reward, length)": v["eval"]["reward_length_corr"],
-                 "train length heuristic": v["data"]["train"]["length_heuristic"]}
-                for k, v in rm_results.items()]
-    win_table = [{"policy": w["policy"], "gold win rate vs sft": w["win_rate"],
+                rows, samples["sft"], evaluate.ScoreJudge(judge), seed=config.study.seed)})
+    win_table = [{"policy": w["policy"], f"win rate vs sft ({judge} judge)": w["win_rate"],
                   "95% low": w["ci_low"], "95% high": w["ci_high"],
                   "length-controlled": w["lc_win_rate"]} for w in wins]
     report = analyze(samples, stage("report"), baseline="sft", curves=curves,
                      bin_width=config.study.bin_width, max_length=config.study.bin_max_length,
-                     extra_tables={"Reward models (Table 4)": rm_table,
-                                   "Gold-judge win rates against SFT": win_table})
+                     reward_models=rm_dirs,
+                     extra_tables={f"Win rates against SFT, {judge} judge": win_table})
     summary = summary_table(samples, report, wins)
-    result = {"policies": summary, "reward_models": rm_table,
+    result = {"policies": summary, "reward_models": report["reward_models"], "judge": judge,
               "report": os.path.join(stage("report"), "report.html")}
     with open(os.path.join(workdir, "study.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -140,7 +165,7 @@ def summary_table(samples: dict, report: dict, wins: list) -> list:
     for name, rs in samples.items():
         rows.append({"policy": name, "length": float(np.mean([r["length"] for r in rs])),
                      "rm_score": float(np.mean([r["score"] for r in rs])),
-                     "gold": float(np.mean([r["gold"] for r in rs])),
+                     "gold": float(np.mean([r["gold"] for r in rs])) if "gold" in rs[0] else None,
                      "nrg": gains[name]["nrg"] if name in gains else None,
                      "nrg_over_delta_r": gains[name]["ratio"] if name in gains else None,
                      "win_rate_vs_sft": win[name]["win_rate"] if name in win else None,
@@ -151,15 +176,16 @@ def summary_table(samples: dict, report: dict, wins: list) -> list:
 def format_summary(result: dict) -> str:
     def f(v):
         return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-    head = ["policy", "length", "RM score", "gold quality", "NRG", "NRG/ΔR", "gold win vs SFT",
-            "LC win vs SFT"]
+    judge = result.get("judge", "gold")
+    head = ["policy", "length", "RM score", "gold quality", "NRG", "NRG/ΔR",
+            f"win vs SFT ({judge})", f"LC win vs SFT ({judge})"]
     keys = ["policy", "length", "rm_score", "gold", "nrg", "nrg_over_delta_r", "win_rate_vs_sft",
             "lc_win_rate_vs_sft"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(f(r[k]) for k in keys) + " |" for r in result["policies"]]
     lines += ["", "| reward model | eval accuracy | corr(reward, length) | train length heuristic |",
               "|---|---|---|---|"]
-    lines += [f"| {r['reward model']} | {r['eval accuracy']:.3f} | {r['corr(reward, length)']:.3f} | "
-              f"{r['train length heuristic']:.3f} |" for r in result["reward_models"]]
+    lines += [f"| {r['reward model']} | {f(r['eval accuracy'])} | {f(r['corr(reward, length)'])} | "
+              f"{f(r['length heuristic (train)'])} |" for r in result["reward_models"]]
     lines += ["", f"report: {result['report']}"]
     return "\n".join(lines)

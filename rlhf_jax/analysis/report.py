@@ -7,7 +7,9 @@ policy). Output in ``out_dir``: ``summary.json``, ``report.md``, ``report.html``
 
 Tables: per policy, mean length, mean score, EOS fraction, the length–reward
 correlations (Table 4 / Fig. 1's measurement) and, against the baseline, ΔR,
-NRG and NRG/ΔR (Table 1's length-binned gain).
+NRG and NRG/ΔR (Table 1's length-binned gain). Given reward-model workdirs,
+also their accuracy, length correlation, length heuristic and cartography
+(:mod:`rlhf_jax.analysis.reward_models`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import base64
 import html
 import json
 import os
+import shutil
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from rlhf_jax.analysis import plots
 from rlhf_jax.analysis.length import length_reward_correlation, weighted_reward_gain
+from rlhf_jax.analysis.reward_models import reward_model_summaries
 
 
 def check_shared_prompts(samples: Mapping[str, Sequence[dict]]) -> None:
@@ -52,8 +56,13 @@ def policy_row(name: str, rows: Sequence[dict]) -> dict:
 def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: str,
             bin_width: int = 20, max_length: int = 260, strict: bool = True,
             curves: Optional[Mapping[str, Sequence[dict]]] = None,
+            reward_models: Optional[Mapping[str, str]] = None,
             extra_tables: Optional[Mapping[str, list]] = None) -> dict:
-    """Compute the tables, draw the plots, write ``summary.json``, ``report.md`` and ``report.html``."""
+    """Compute the tables, draw the plots, write ``summary.json``, ``report.md`` and ``report.html``.
+
+    ``curves``: ``{policy: PPO metrics rows}``; ``reward_models``: ``{name: train-rm
+    workdir}``; ``extra_tables``: ``{title: rows}`` appended as they are.
+    """
     if baseline not in samples:
         raise ValueError(f"baseline {baseline!r} is not among the policies {list(samples)}")
     if len(samples) < 2:
@@ -83,8 +92,13 @@ def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: st
     if curves:
         figures.append(("PPO training curves", plots.training_curves(
             curves, os.path.join(out_dir, "training_curves.png"))))
+    rm_rows, rm_maps, rm_figures = reward_model_summaries(dict(reward_models or {}))
+    for name, png in rm_figures.items():
+        figures.append((f"Reward-model data map and length heuristic per confidence decile, {name}",
+                        shutil.copy(png, os.path.join(out_dir, f"cartography_{_slug(name)}.png"))))
     summary = {"baseline": baseline, "bin_width": bin_width, "max_length": max_length,
-               "policies": policies, "gains": gains, "extra_tables": dict(extra_tables or {}),
+               "policies": policies, "gains": gains, "reward_models": rm_rows,
+               "cartography": rm_maps, "extra_tables": dict(extra_tables or {}),
                "figures": [{"title": t, "file": os.path.basename(p)} for t, p in figures]}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -118,6 +132,14 @@ def tables(summary: dict) -> list:
                     f"{summary['bin_width']} tokens below {summary['max_length']})",
                     ["policy", "ΔR", "NRG", "NRG / ΔR"],
                     [[g["policy"], g["delta_r"], g["nrg"], g["ratio"]] for g in summary["gains"]]))
+    if summary.get("reward_models"):
+        header = list(summary["reward_models"][0])
+        out.append(("Reward models (Table 4: accuracy and length correlation; §4.2: length heuristic)",
+                    header, [[r[h] for h in header] for r in summary["reward_models"]]))
+    for name, bins in summary.get("cartography", {}).items():
+        out.append((f"Cartography of {name}: length heuristic per confidence decile (§4.2, Fig. 4)",
+                    ["confidence from", "confidence to", "pairs", "length heuristic"],
+                    [[b["low"], b["high"], b["count"], b["length_heuristic"]] for b in bins]))
     for title, rows in summary.get("extra_tables", {}).items():
         if rows:
             header = list(rows[0])

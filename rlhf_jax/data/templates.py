@@ -9,7 +9,9 @@ Two kinds:
   formatted and are just concatenated.
 * policy prompts (:data:`PROMPT_TEMPLATES`, :func:`policy_prompt`): what the policy sees
   before it generates. The paper uses the Alpaca instruction template for WebGPT and RLCD
-  and ``"Question: ...\\n\\nAnswer: "`` for Stack Exchange (§3).
+  and ``"Question: ...\\n\\nAnswer: "`` for Stack Exchange (§3). ``chatml`` turns an
+  hh-rlhf dialogue into ChatML turns for instruct models such as SmolLM2-Instruct
+  (:func:`dialogue_to_chatml`; not in the paper, whose policies were base LLaMA).
 
 A template argument is either a registered name or a literal template string containing
 ``{prompt}`` (and ``{response}`` for reward-model templates). Substitution replaces exactly
@@ -42,13 +44,36 @@ TEMPLATES = {
 }
 """Reward-model input templates by name."""
 
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+_CHATML_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def dialogue_to_chatml(prompt: str) -> str:
+    """An hh-rlhf dialogue (``"\\n\\nHuman: … \\n\\nAssistant:"``) as ChatML, ready for the reply.
+
+    Each ``Human``/``Assistant`` turn becomes ``<|im_start|>user|assistant\\n…<|im_end|>\\n``
+    and the trailing empty ``Assistant:`` turn becomes the open
+    ``<|im_start|>assistant\\n`` the model completes. A prompt without turn markers
+    is one user turn.
+    """
+    parts = _TURN.split(prompt if prompt.startswith("\n\n") else "\n\nHuman: " + prompt)
+    if parts[0].strip():
+        raise ValueError(f"text before the first Human/Assistant turn in {prompt[:80]!r}")
+    turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+    if turns and turns[-1] == ("Assistant", ""):
+        turns = turns[:-1]
+    body = "".join(f"<|im_start|>{_CHATML_ROLES[role]}\n{text}<|im_end|>\n" for role, text in turns)
+    return body + "<|im_start|>assistant\n"
+
+
 PROMPT_TEMPLATES = {
     "alpaca": ALPACA_PROMPT,
     "stack": STACK_PROMPT,
     "plain": "{prompt}",
     "dialogue": "{prompt}",
+    "chatml": dialogue_to_chatml,
 }
-"""Policy prompt templates by name."""
+"""Policy prompt templates by name (a template string, or a function of the raw prompt)."""
 
 _PLACEHOLDER = re.compile(r"\{(prompt|response)\}")
 
@@ -84,4 +109,4 @@ def policy_prompt(prompt: str, template: str) -> str:
     Unknown names raise ``KeyError`` listing the known ones.
     """
     fmt = _resolve(template, PROMPT_TEMPLATES, "policy prompt", ("prompt",))
-    return _fill(fmt, {"prompt": prompt})
+    return fmt(prompt) if callable(fmt) else _fill(fmt, {"prompt": prompt})

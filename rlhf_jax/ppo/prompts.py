@@ -5,6 +5,11 @@ helpful-base prompts for RLCD. Each prompt is formatted with the policy template
 (``data.prompt_template``: Alpaca for WebGPT/RLCD, "Question: …\\n\\nAnswer: " for
 Stack) and tokenised once; prompts over ``data.max_prompt_length`` tokens are
 dropped and counted (paper: 512). An empty set after filtering is an error.
+
+``data.prompt_split`` names a split of the source, or ``preference:train`` /
+``preference:eval``: the prompts of the reward-model data's train or eval side as
+:func:`~rlhf_jax.data.preferences.preference_splits` makes it, so that a held-out
+fraction (``data.eval_split = ""``) stays held out from PPO and serves as eval prompts.
 """
 
 from __future__ import annotations
@@ -18,15 +23,23 @@ from rlhf_jax.data.templates import policy_prompt
 log = logging.getLogger(__name__)
 
 
+PREFERENCE_SIDES = {"preference:train": 0, "preference:eval": 1}
+
+
 def raw_prompts(config) -> list:
+    """The distinct raw prompts of ``data.prompt_split``, in first-seen order."""
     data = config.data
     if data.source == "synthetic":
         from rlhf_jax.data.preferences import synthetic_task
         return synthetic_task(data).prompts(data.synthetic.num_prompts, seed=data.synthetic.seed + 2)
-    from rlhf_jax.data.builders import load_pairs
-    from rlhf_jax.data.preferences import tfds_data_dir
-    pairs = load_pairs(data.source, data.prompt_split, path=data.path or None,
-                       data_dir=tfds_data_dir(data.data_dir), **dict(data.get("options", {}) or {}))
+    if data.prompt_split in PREFERENCE_SIDES:
+        from rlhf_jax.data.preferences import preference_splits
+        pairs = preference_splits(data)[PREFERENCE_SIDES[data.prompt_split]]
+    else:
+        from rlhf_jax.data.builders import load_pairs
+        from rlhf_jax.data.preferences import tfds_data_dir
+        pairs = load_pairs(data.source, data.prompt_split, path=data.path or None,
+                           data_dir=tfds_data_dir(data.data_dir), **dict(data.get("options", {}) or {}))
     seen, out = set(), []
     for i in range(len(pairs)):
         prompt = pairs[i]["prompt"]
@@ -36,8 +49,11 @@ def raw_prompts(config) -> list:
     return out
 
 
-def prompt_set(config, tokenizer) -> list:
-    """``[{"text": raw prompt, "ids": tokenised policy prompt}]`` after the length filter."""
+def prompt_set(config, tokenizer, *, need: int = None) -> list:
+    """``[{"text": raw prompt, "ids": tokenised policy prompt}]`` after the length filter.
+
+    Fewer than ``need`` prompts left (default ``ppo.batch_size``) is a ``ConfigError``.
+    """
     drops, out = DropCounter(), []
     texts = raw_prompts(config)
     formatted = [policy_prompt(t, config.data.prompt_template) for t in texts]
@@ -51,7 +67,8 @@ def prompt_set(config, tokenizer) -> list:
             continue
         out.append({"text": text, "ids": list(token_ids)})
     drops.log(log, "rl prompts")
-    if len(out) < config.ppo.batch_size:
-        raise ConfigError(f"only {len(out)} RL prompts left after filtering ({drops.summary('prompts')}); "
-                          f"ppo.batch_size is {config.ppo.batch_size}")
+    need = config.ppo.batch_size if need is None else need
+    if len(out) < need:
+        raise ConfigError(f"only {len(out)} prompts of {config.data.source}/{config.data.prompt_split} "
+                          f"left after filtering ({drops.summary('prompts')}); {need} needed")
     return out

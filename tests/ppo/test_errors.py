@@ -34,7 +34,7 @@ def test_reward_model_required_for_model_rewards(tmp_path):
 
 
 def test_empty_prompt_set_after_filtering(tmp_path):
-    with pytest.raises(ConfigError, match=r"only 0 RL prompts left .*max_prompt_length=1"):
+    with pytest.raises(ConfigError, match=r"only 0 prompts of synthetic/train left .*max_prompt_length=1"):
         trainer(tmp_path, extra=["--config.data.max_prompt_length=1"])
 
 
