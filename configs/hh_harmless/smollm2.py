@@ -7,8 +7,9 @@ tuned; the report calls it ``sft``) → the small reward model of
 → a short PPO run against it on the prompts of those same training pairs (the
 dialogue as ChatML turns, responses of up to 64 tokens, the value head on the
 policy trunk) → 2 samples for each of 32 prompts of the held-out 10 % per policy
-(top_p 0.9, temperature 0.9, repetition penalty 1.2, up to 96 tokens) → reward-
-model scores → the length analysis (NRG in 16-token bins) → reward-model-judged
+(the paper's eval sampling: top_p 0.9, temperature 0.9, repetition penalty 1.2, up
+to 256 tokens) → reward-model scores → the length analysis (NRG in the paper's
+20-token bins) → reward-model-judged
 win rates against the initial policy → report. There is no gold judge for real
 data: point ``rlhf-jax evaluate --judge chat`` at an LLM for one.
 
@@ -63,8 +64,8 @@ def get_config():
     config.study = ml_collections.ConfigDict({
         "initial_policy": "smollm2", "with_bal": False,
         "eval_prompt_split": "preference:eval", "eval_prompts": 32, "eval_seed": 123,
-        "samples_per_prompt": 2, "max_new_tokens": 96, "temperature": 0.9, "top_p": 0.9,
+        "samples_per_prompt": 2, "max_new_tokens": 256, "temperature": 0.9, "top_p": 0.9,
         "repetition_penalty": 1.2, "batch_size": 16, "seed": 0, "prompt_bucket": 32,
         "rm_template": "{prompt} {response}", "rm_buckets": (128, 256, 384),
-        "bin_width": 16, "bin_max_length": 112, "judge": "score"})
+        "bin_width": 20, "bin_max_length": 260, "judge": "score"})
     return config
