@@ -187,3 +187,39 @@ def test_repetition_penalty_matches_transformers_greedy(models):
             pad_token_id=0)[:, ids.shape[1]:].numpy()
     np.testing.assert_array_equal(np.asarray(ours.tokens), ref)
     assert not np.array_equal(np.asarray(ours.tokens), np.asarray(plain.tokens))  # it acts
+
+
+def nucleus_cutoff_by_sorting(logits, top_p):
+    """Reference: sort each row, keep tokens while the mass before them is below top_p (float64)."""
+    cutoffs = []
+    for row in logits:
+        ordered = np.sort(row.astype(np.float64))[::-1]
+        probs = np.exp(ordered - ordered.max())
+        probs /= probs.sum()
+        cutoffs.append(ordered[np.cumsum(probs) - probs < top_p].min())
+    return np.asarray(cutoffs, np.float32)
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 3.0, 30.0])
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_top_p_cutoff_equals_sorting_reference(scale, top_p):
+    """Equal to the sorting reference, or where float32 sums round differently from float64
+    (the mass before the cutoff token within 1e-6 of top_p), a cutoff with the defining property:
+    mass(logits > cutoff) < top_p ≤ mass(logits ≥ cutoff)."""
+    from rlhf_jax.generate import top_p_cutoff
+    rng = np.random.default_rng(int(scale * 10) + int(top_p * 1000))
+    logits = (rng.normal(size=(6, 3000)) * scale).astype(np.float32)
+    logits[0] = 1.0                       # all tied: every token kept
+    logits[1, :1500] = -1e30              # half removed by an earlier top-k
+    logits[2, :10] = logits[2].max() + 5  # a tied head holding most of the mass
+    logits[3] = np.round(logits[3])       # many ties at the cutoff
+    got = np.asarray(top_p_cutoff(jnp.asarray(logits), top_p))[:, 0]
+    want = nucleus_cutoff_by_sorting(logits, top_p)
+    for row, cutoff in enumerate(got):
+        if cutoff == want[row]:
+            continue
+        x = logits[row].astype(np.float64)
+        probs = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+        assert cutoff in logits[row]
+        assert probs[x > cutoff].sum() < top_p + 1e-6 and probs[x >= cutoff].sum() >= top_p - 1e-6
+    assert (got == want).mean() >= 0.5
