@@ -1,9 +1,11 @@
 """Decode throughput: our JAX sampler against transformers' ``generate``, with a roofline.
 
-What it measures: greedy decoding tokens/s of :func:`rlhf_jax.generate.sample`
-and of ``transformers`` ``model.generate`` on the same float32 weights, for each
-model and batch size, plus how close ours comes to a roofline measured on the
-same machine in the same run.
+What it measures: decoding tokens/s of :func:`rlhf_jax.generate.sample` and of
+``transformers`` ``model.generate`` on the same float32 weights, for each model
+and batch size, plus how close ours comes to a roofline measured on the same
+machine in the same run. Greedy by default; ``--sampling paper`` runs the
+paper's eval sampling (temperature 0.9, top_p 0.9, repetition penalty 1.2) on
+both sides, where the logits processing (nucleus, penalty) costs time too.
 
 How:
 
@@ -98,6 +100,13 @@ COLUMNS = ("model", "batch", "ours decode tok/s", "transformers decode tok/s", "
            "ours/roofline", "GEMM@batch roofline tok/s", "ours/GEMM@batch", "greedy-agreement")
 
 
+SAMPLING = {
+    "greedy": {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.0},
+    "paper": {"temperature": 0.9, "top_p": 0.9, "repetition_penalty": 1.2},
+}
+"""The decoding settings a case can use: greedy, or the paper's eval sampling (§3)."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options; ``--quick`` overrides batches, new tokens and repeats."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,6 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sampling", choices=tuple(SAMPLING), default="greedy",
+                        help="greedy, or the paper's eval sampling (temperature 0.9, top_p 0.9, "
+                             "repetition penalty 1.2) on both sides")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the number of usable cores)")
     parser.add_argument("--json", default=None, help="write the rows (and environment) here")
@@ -242,30 +254,35 @@ def load_hf_model(path: str):
 # --- one framework, in its own process ------------------------------------------------------
 
 
-def ours_generate(model, params, prompt_ids: np.ndarray, new_tokens: int):
-    """A call that greedily decodes ``new_tokens`` with our sampler and returns numpy tokens."""
+def ours_generate(model, params, prompt_ids: np.ndarray, new_tokens: int, sampling: str):
+    """A call that decodes ``new_tokens`` with our sampler and returns numpy tokens."""
     ids = jnp.asarray(prompt_ids)
     mask = jnp.ones_like(ids)
     key = jax.random.PRNGKey(0)
 
     def run():
-        out = sample(model, params, ids, mask, key, max_new_tokens=new_tokens, temperature=0.0,
-                     top_k=0, top_p=1.0, eos_id=None, pad_id=0)
+        out = sample(model, params, ids, mask, key, max_new_tokens=new_tokens, top_k=0,
+                     eos_id=None, pad_id=0, **SAMPLING[sampling])
         return np.asarray(jax.block_until_ready(out.tokens))
     return run
 
 
-def hf_generate(hf_model, prompt_ids: np.ndarray, new_tokens: int):
-    """A call that greedily decodes ``new_tokens`` with transformers and returns numpy tokens."""
+def hf_generate(hf_model, prompt_ids: np.ndarray, new_tokens: int, sampling: str):
+    """A call that decodes ``new_tokens`` with transformers and returns numpy tokens."""
     import torch
     ids = torch.from_numpy(prompt_ids.astype(np.int64))
     mask = torch.ones_like(ids)
+    settings = SAMPLING[sampling]
+    if settings["temperature"] > 0:
+        kwargs = dict(do_sample=True, temperature=settings["temperature"], top_p=settings["top_p"],
+                      top_k=0, repetition_penalty=settings["repetition_penalty"])
+    else:
+        kwargs = dict(do_sample=False)
 
     def run():
         with torch.inference_mode():
             out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                    do_sample=False, use_cache=True, eos_token_id=None,
-                                    pad_token_id=0)
+                                    use_cache=True, eos_token_id=None, pad_token_id=0, **kwargs)
         return out[:, ids.shape[1]:].numpy()
     return run
 
@@ -298,14 +315,14 @@ def run_worker(args) -> dict:
     if args.worker == "ours":
         model, params = decoding_view(*load_pretrained(args.checkpoint, dtype="float32"))
         cfg = model.config
-        make_run = lambda p, n: ours_generate(model, params, p, n)
+        make_run = lambda p, n: ours_generate(model, params, p, n, args.sampling)
         vocab = cfg.vocab_size
         extra = {"weight_bytes": weight_bytes_per_step(params, cfg)}
     else:
         import torch
         torch.set_num_threads(args.threads)
         hf_model = load_hf_model(args.checkpoint)
-        make_run = lambda p, n: hf_generate(hf_model, p, n)
+        make_run = lambda p, n: hf_generate(hf_model, p, n, args.sampling)
         vocab, extra = hf_model.config.vocab_size, {}
     cases = {}
     for batch in args.batches:
@@ -324,7 +341,7 @@ def run_in_subprocess(worker: str, checkpoint: str, args, env: dict) -> dict:
                "--checkpoint", checkpoint, "--out", out.name, "--batches",
                ",".join(map(str, args.batches)), "--prompt-len", str(args.prompt_len),
                "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--sampling", args.sampling]
         subprocess.run(cmd, env={**os.environ, **env}, check=True)
         with open(out.name) as f:
             return json.load(f)
@@ -371,7 +388,8 @@ def compare(label, cfg, batch: int, ours: dict, hf: dict, weight_bytes: int, arg
             "roofline_tok_s": roof_tps, "bound": bound, "ours_over_roofline": ours_dec_tps / roof_tps,
             "gemm_at_batch_GFLOP_s": ours["gemm_rate"] / 1e9, "gemm_roofline_tok_s": gemm_tps,
             "ours_over_gemm_roofline": ours_dec_tps / gemm_tps,
-            "greedy_agreement": float(np.mean(ours_tokens == hf_tokens)),
+            "greedy_agreement": (float(np.mean(ours_tokens == hf_tokens))
+                                 if args.sampling == "greedy" else float("nan")),
             "ours_s": ours["total_s"], "transformers_s": hf["total_s"],
             "ours_decode_s": ours["decode_s"], "transformers_decode_s": hf["decode_s"]}
 
@@ -405,8 +423,9 @@ def environment(args, bandwidth: float, flop_rate: float, ours_flags: str) -> di
             "torch_threads": args.threads, "load_average_1min": os.getloadavg()[0],
             "jax_backend": jax.default_backend(), "bandwidth_GB_s": bandwidth / 1e9,
             "matmul_GFLOP_s": flop_rate / 1e9, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "repeats": args.repeats,
-            "transformers_setup": "generate(do_sample=False, use_cache=True), sdpa attention",
+            "new_tokens": args.new_tokens, "repeats": args.repeats, "sampling": args.sampling,
+            "sampling_settings": SAMPLING[args.sampling],
+            "transformers_setup": "generate(use_cache=True), sdpa attention",
             "xla_flags": ours_flags}
 
 
@@ -420,7 +439,8 @@ def format_header(env: dict) -> str:
         f"matmul {env['matmul_GFLOP_s']:.1f} GFLOP/s (jitted f32 {MATMUL_SIZE}²; each the better of "
         f"this process and one with XLA's default flags)",
         f"XLA_FLAGS for ours: {env['xla_flags'] or '(defaults)'}",
-        f"cases: greedy, float32, prompt {env['prompt_len']} random ids, {env['new_tokens']} new "
+        f"cases: {env['sampling']} {env['sampling_settings']}, float32, prompt {env['prompt_len']} "
+        f"random ids, {env['new_tokens']} new "
         f"tokens (EOS off), median of {env['repeats']} after 1 warm-up; transformers "
         f"{env['transformers_setup']}", ""])
 
