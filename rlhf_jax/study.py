@@ -36,6 +36,7 @@ import numpy as np
 
 from rlhf_jax import evaluate
 from rlhf_jax.analysis.report import analyze
+from rlhf_jax.config import ConfigError
 from rlhf_jax.data.preferences import synthetic_task
 from rlhf_jax.defaults import with_ppo_variant
 from rlhf_jax.generate import decoding_view
@@ -101,6 +102,14 @@ def policy_samples(name: str, export: str, config, prompts, rm, rm_params, rm_to
     return rows
 
 
+def check_judge(config) -> None:
+    """``study.judge``: ``score`` (the standard reward model), or ``gold`` on the synthetic task."""
+    allowed = ("gold", "score") if is_synthetic(config) else ("score",)
+    if config.study.judge not in allowed:
+        raise ConfigError(f"study.judge = {config.study.judge!r}: expected one of {allowed} for "
+                          f"{config.ppo.data.source} data (an LLM judge: `rlhf-jax evaluate --judge chat`)")
+
+
 def initial_policy(config, workdir: str) -> str:
     """The SFT stage's export, or ``study.initial_policy`` when the config has no ``sft`` stage."""
     if "sft" in config:
@@ -111,6 +120,7 @@ def initial_policy(config, workdir: str) -> str:
 
 def run_study(config, workdir: str) -> dict:
     """Run every stage (resuming finished ones) and return the summary."""
+    check_judge(config)
     os.makedirs(workdir, exist_ok=True)
     stage = lambda name: os.path.join(workdir, name)  # noqa: E731
     sft_export = initial_policy(config, workdir)

@@ -5,7 +5,7 @@ float32) is the initial policy, with no SFT stage (it is already instruction
 tuned; the report calls it ``sft``) → the small reward model of
 ``configs/hh_harmless/rm.py`` trained on 90 % of the offline harmless-base pairs
 → a short PPO run against it on the prompts of those same training pairs (the
-dialogue as ChatML turns, responses of up to 64 tokens, the value head on the
+dialogue as ChatML turns, 64-token responses, the value head on the
 policy trunk) → 2 samples for each of 32 prompts of the held-out 10 % per policy
 (the paper's eval sampling: top_p 0.9, temperature 0.9, repetition penalty 1.2, up
 to 256 tokens) → reward-model scores → the length analysis (NRG in the paper's

@@ -389,7 +389,7 @@ def compare(label, cfg, batch: int, ours: dict, hf: dict, weight_bytes: int, arg
             "gemm_at_batch_GFLOP_s": ours["gemm_rate"] / 1e9, "gemm_roofline_tok_s": gemm_tps,
             "ours_over_gemm_roofline": ours_dec_tps / gemm_tps,
             "greedy_agreement": (float(np.mean(ours_tokens == hf_tokens))
-                                 if args.sampling == "greedy" else float("nan")),
+                                 if args.sampling == "greedy" else None),
             "ours_s": ours["total_s"], "transformers_s": hf["total_s"],
             "ours_decode_s": ours["decode_s"], "transformers_decode_s": hf["decode_s"]}
 
@@ -404,7 +404,7 @@ def format_row(row: dict) -> str:
              f"{row['ours_tok_s']:.1f}", f"{row['transformers_tok_s']:.1f}",
              f"{row['roofline_tok_s']:.1f} ({row['bound']})", f"{row['ours_over_roofline']:.2f}",
              f"{row['gemm_roofline_tok_s']:.1f}", f"{row['ours_over_gemm_roofline']:.2f}",
-             f"{row['greedy_agreement']:.3f}")
+             "—" if row["greedy_agreement"] is None else f"{row['greedy_agreement']:.3f}")
     return "| " + " | ".join(cells) + " |"
 
 

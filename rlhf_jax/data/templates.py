@@ -53,10 +53,15 @@ def dialogue_to_chatml(prompt: str) -> str:
 
     Each ``Human``/``Assistant`` turn becomes ``<|im_start|>user|assistant\\n…<|im_end|>\\n``
     and the trailing empty ``Assistant:`` turn becomes the open
-    ``<|im_start|>assistant\\n`` the model completes. A prompt without turn markers
-    is one user turn.
+    ``<|im_start|>assistant\\n`` the model completes; no system turn is added. A
+    prompt without turn markers is one user turn; text before the first marker
+    is an error (``ValueError``).
     """
-    parts = _TURN.split(prompt if prompt.startswith("\n\n") else "\n\nHuman: " + prompt)
+    if not _TURN.search("\n\n" + prompt):
+        prompt = "\n\nHuman: " + prompt
+    elif not prompt.startswith("\n\n"):
+        prompt = "\n\n" + prompt  # "Human: …" written without the leading blank line
+    parts = _TURN.split(prompt)
     if parts[0].strip():
         raise ValueError(f"text before the first Human/Assistant turn in {prompt[:80]!r}")
     turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2)]

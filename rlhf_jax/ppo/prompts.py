@@ -10,6 +10,8 @@ dropped and counted (paper: 512). An empty set after filtering is an error.
 ``preference:eval``: the prompts of the reward-model data's train or eval side as
 :func:`~rlhf_jax.data.preferences.preference_splits` makes it, so that a held-out
 fraction (``data.eval_split = ""``) stays held out from PPO and serves as eval prompts.
+The hold-out splits pairs, and a prompt can head several pairs: ``preference:eval``
+leaves out (and counts) prompts that also occur on the train side.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from rlhf_jax.config import ConfigError
-from rlhf_jax.data.records import DropCounter
+from rlhf_jax.data.records import DataError, DropCounter
 from rlhf_jax.data.templates import policy_prompt
 
 log = logging.getLogger(__name__)
@@ -32,20 +34,43 @@ def raw_prompts(config) -> list:
     if data.source == "synthetic":
         from rlhf_jax.data.preferences import synthetic_task
         return synthetic_task(data).prompts(data.synthetic.num_prompts, seed=data.synthetic.seed + 2)
-    if data.prompt_split in PREFERENCE_SIDES:
-        from rlhf_jax.data.preferences import preference_splits
-        pairs = preference_splits(data)[PREFERENCE_SIDES[data.prompt_split]]
+    if data.prompt_split.startswith("preference:"):
+        return _preference_side_prompts(data)
     else:
         from rlhf_jax.data.builders import load_pairs
         from rlhf_jax.data.preferences import tfds_data_dir
         pairs = load_pairs(data.source, data.prompt_split, path=data.path or None,
                            data_dir=tfds_data_dir(data.data_dir), **dict(data.get("options", {}) or {}))
+    return _distinct_prompts(pairs)
+
+
+def _distinct_prompts(pairs) -> list:
     seen, out = set(), []
     for i in range(len(pairs)):
         prompt = pairs[i]["prompt"]
         if prompt not in seen:
             seen.add(prompt)
             out.append(prompt)
+    return out
+
+
+def _preference_side_prompts(data) -> list:
+    """``preference:train|eval``: the distinct prompts of that side; eval minus any train prompt."""
+    if data.prompt_split not in PREFERENCE_SIDES:
+        raise ConfigError(f"data.prompt_split = {data.prompt_split!r}: expected a split of "
+                          f"{data.source} or one of {sorted(PREFERENCE_SIDES)}")
+    from rlhf_jax.data.preferences import preference_splits
+    train, eval_ = preference_splits(data)
+    if data.prompt_split == "preference:train":
+        return _distinct_prompts(train)
+    seen_in_train = set(_distinct_prompts(train))
+    drops, out = DropCounter(), []
+    for prompt in _distinct_prompts(eval_):
+        if prompt in seen_in_train:
+            drops.add("also a prompt of the train side")
+        else:
+            out.append(prompt)
+    drops.log(log, "preference:eval prompts")
     return out
 
 
@@ -56,7 +81,13 @@ def prompt_set(config, tokenizer, *, need: int = None) -> list:
     """
     drops, out = DropCounter(), []
     texts = raw_prompts(config)
-    formatted = [policy_prompt(t, config.data.prompt_template) for t in texts]
+    formatted = []
+    for i, text in enumerate(texts):
+        try:
+            formatted.append(policy_prompt(text, config.data.prompt_template))
+        except ValueError as err:
+            raise DataError(f"{config.data.source}/{config.data.prompt_split} prompt {i}: cannot apply "
+                            f"data.prompt_template={config.data.prompt_template!r}: {err}") from None
     ids = tokenizer(formatted, add_special_tokens=False)["input_ids"] if texts else []
     for text, token_ids in zip(texts, ids):
         if len(token_ids) > config.data.max_prompt_length:

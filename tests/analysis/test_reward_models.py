@@ -91,3 +91,18 @@ def test_analyze_command_with_reward_models(tmp_path, workdirs, capsys):
     assert "ppo vs sft: ΔR" in capsys.readouterr().out
     summary = json.load(open(tmp_path / "report" / "summary.json"))
     assert [r["reward model"] for r in summary["reward_models"]] == ["standard", "C-TR"]
+
+
+def test_cartography_of_the_run_itself_and_a_missing_plot(tmp_path):
+    """``rm.cartography=True`` logs into the run's own result; a deleted PNG drops just the figure."""
+    from rlhf_jax.analysis.reward_models import reward_model_summaries
+    bins = [{"low": 0.0, "high": 1.0, "count": 3, "length_heuristic": 0.5}]
+    own = write_workdir(tmp_path / "own", {**rm_result(0.7, 0.5, 0.6), "cartography": {"bins": bins}})
+    rows, maps, figures = reward_model_summaries({"own": own})
+    assert maps == {"own": bins} and figures == {}  # no cartography.png beside it
+    with open(os.path.join(own, "cartography.png"), "wb") as f:
+        f.write(b"png")
+    _, _, figures = reward_model_summaries({"own": own})
+    assert figures == {"own": os.path.join(own, "cartography.png")}
+    plain = write_workdir(tmp_path / "plain", rm_result(0.7, 0.5, 0.6))
+    assert reward_model_summaries({"plain": plain})[1] == {}
