@@ -134,7 +134,7 @@ def _prompt_tokens(prompt_ids, prompt_mask, vocab_size: int):
 
 
 def _mark_seen(seen_bv, token_b, live_b):
-    """``seen`` with each live row's new token marked (elementwise: a scatter copied the buffer)."""
+    """``seen`` with each live row's new token marked, as one elementwise pass over ``[batch, vocab]``."""
     new = jnp.arange(seen_bv.shape[1])[None, :] == token_b[:, None]
     return seen_bv | (new & live_b[:, None])
 

@@ -52,15 +52,17 @@ def reward_model_row(name: str, result: dict) -> dict:
             "train pairs": data.get("train", {}).get("pairs")}
 
 
-def cartography_of(workdir: str) -> Optional[tuple]:
-    """``(bins, png path)`` of the cartography this run (or its C-TR base run) logged, else ``None``."""
-    for where in (workdir, os.path.join(workdir, CARTOGRAPHY_SUBDIR)):
-        path = os.path.join(where, "result.json")
-        if os.path.isfile(path):
-            bins = read_result(where).get("cartography", {}).get("bins")
-            if bins:
-                png = os.path.join(where, "cartography.png")
-                return bins, (png if os.path.isfile(png) else None)
+def cartography_of(workdir: str, result: dict) -> Optional[tuple]:
+    """``(bins, png path)`` of the cartography this run (``result``) or its C-TR base run logged."""
+    base = os.path.join(workdir, CARTOGRAPHY_SUBDIR)
+    candidates = [(workdir, result)]
+    if os.path.isfile(os.path.join(base, "result.json")):
+        candidates.append((base, read_result(base)))
+    for where, found in candidates:
+        bins = found.get("cartography", {}).get("bins")
+        if bins:
+            png = os.path.join(where, "cartography.png")
+            return bins, (png if os.path.isfile(png) else None)
     return None
 
 
@@ -68,8 +70,9 @@ def reward_model_summaries(workdirs: dict) -> tuple:
     """``(table rows, {name: cartography bins}, {name: data-map png})`` for ``{name: workdir}``."""
     rows, maps, figures = [], {}, {}
     for name, workdir in workdirs.items():
-        rows.append(reward_model_row(name, read_result(workdir)))
-        found = cartography_of(workdir)
+        result = read_result(workdir)
+        rows.append(reward_model_row(name, result))
+        found = cartography_of(workdir, result)
         if found:
             maps[name] = found[0]
             if found[1]:

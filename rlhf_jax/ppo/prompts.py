@@ -25,7 +25,7 @@ from rlhf_jax.data.templates import policy_prompt
 log = logging.getLogger(__name__)
 
 
-PREFERENCE_SIDES = {"preference:train": 0, "preference:eval": 1}
+PREFERENCE_SIDES = ("preference:train", "preference:eval")
 
 
 def raw_prompts(config) -> list:
@@ -58,7 +58,7 @@ def _preference_side_prompts(data) -> list:
     """``preference:train|eval``: the distinct prompts of that side; eval minus any train prompt."""
     if data.prompt_split not in PREFERENCE_SIDES:
         raise ConfigError(f"data.prompt_split = {data.prompt_split!r}: expected a split of "
-                          f"{data.source} or one of {sorted(PREFERENCE_SIDES)}")
+                          f"{data.source} or one of {list(PREFERENCE_SIDES)}")
     from rlhf_jax.data.preferences import preference_splits
     train, eval_ = preference_splits(data)
     if data.prompt_split == "preference:train":

@@ -27,9 +27,12 @@ def fake_samples(shift_len, shift_score, seed):
 def report(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("report"))
     samples = {"sft": fake_samples(0, 0.0, 0), "ppo": fake_samples(60, 0.2, 1)}
-    curves = {"ppo": [{"step": i, "env/rm_score": i / 10, "env/response_length": 10 + i,
-                       "objective/kl": i / 100, "objective/kl_coef": 0.04} for i in range(1, 20)]}
-    return samples, out, analyze(samples, out, baseline="sft", curves=curves)
+    return samples, out, analyze(samples, out, baseline="sft", curves=fake_curves())
+
+
+def fake_curves():
+    return {"ppo": [{"step": i, "env/rm_score": i / 10, "env/response_length": 10 + i,
+                     "objective/kl": i / 100, "objective/kl_coef": 0.04} for i in range(1, 20)]}
 
 
 def test_tables_match_direct_computations(report):

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from rlhf_jax.analysis.report import analyze
-from tests.analysis.test_report import fake_samples
+from tests.analysis.test_report import fake_curves, fake_samples
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -30,9 +30,7 @@ def test_report_html_renders_with_every_plot(tmp_path):
     browser_path = chromium_path()
     out = str(tmp_path / "report")
     samples = {"sft": fake_samples(0, 0.0, 0), "ppo": fake_samples(60, 0.2, 1)}
-    curves = {"ppo": [{"step": i, "env/rm_score": i / 10, "env/response_length": 10 + i,
-                       "objective/kl": i / 100, "objective/kl_coef": 0.04} for i in range(1, 20)]}
-    summary = analyze(samples, out, baseline="sft", curves=curves)
+    summary = analyze(samples, out, baseline="sft", curves=fake_curves())
     # Only the HTML travels: the PNGs beside it are removed, so images can come only from the page.
     page_path = os.path.join(out, "report.html")
     for name in os.listdir(out):
