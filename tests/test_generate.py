@@ -166,6 +166,23 @@ def test_unrolled_and_scanned_decoding_agree(models):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_decoding_view_gives_the_same_logits(models):
+    """Unrolled layers and (when tied) a transposed LM-head copy: a layout change only."""
+    from rlhf_jax.generate import decoding_view
+    model, params = models["model"], models["params"]
+    view, view_params = decoding_view(model, params)
+    assert not view.config.scan_layers and not view.config.tie_word_embeddings
+    if model.config.tie_word_embeddings:
+        np.testing.assert_array_equal(np.asarray(view_params["lm_head"]["kernel"]),
+                                      np.asarray(params["model"]["embed_tokens"]["embedding"]).T)
+    ids, mask = jnp.asarray(models["ids"]), jnp.asarray(models["mask"])
+    ours = view.apply({"params": view_params}, ids, attention_mask=mask).logits
+    ref = model.apply({"params": params}, ids, attention_mask=mask).logits
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-5)
+    again = decoding_view(view, view_params)
+    assert again[0] is view and again[1] is view_params
+
+
 def test_top_k_beyond_vocab_keeps_everything(models):
     vocab = models["model"].config.vocab_size
     a = _sample(models, key=2, temperature=1.0, top_k=10 * vocab)

@@ -30,10 +30,12 @@ from rlhf_jax.models.layers import Block, Norm, _constrain, _param
 class KVCache:
     """Keys and values of every layer for ``max_length`` slots, all on device.
 
-    ``k``/``v``: ``[layers, batch, kv_heads, slots, head_dim]`` for a scanned
-    model, or a tuple of ``num_layers`` arrays ``[batch, kv_heads, slots,
-    head_dim]`` for an unrolled one (``scan_layers=False``), so that no layer's
-    cache is sliced out of or stacked into a bigger array on each step.
+    ``k``: ``[batch, kv_heads, head_dim, slots]`` (keys transposed, so that
+    ``q · kᵀ`` needs no transpose) and ``v``: ``[batch, kv_heads, slots,
+    head_dim]`` per layer; stacked with a leading ``layers`` axis for a scanned
+    model, or a tuple of ``num_layers`` arrays for an unrolled one
+    (``scan_layers=False``), so that no layer's cache is sliced out of or
+    stacked into a bigger array on each step.
     ``mask``: ``[batch, slots]``, 1 where a slot holds a real token; ``index``:
     the next slot to write.
     """
@@ -46,11 +48,14 @@ class KVCache:
     @classmethod
     def zeros(cls, config: DecoderConfig, batch_size: int, max_length: int, dtype=None):
         dtype = dtype or config.compute_dtype
-        shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+        k_shape = (batch_size, config.num_kv_heads, config.head_dim, max_length)
+        v_shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
         if config.scan_layers:
-            k = v = jnp.zeros((config.num_layers, *shape), dtype)
+            k = jnp.zeros((config.num_layers, *k_shape), dtype)
+            v = jnp.zeros((config.num_layers, *v_shape), dtype)
         else:
-            k = v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+            k = tuple(jnp.zeros(k_shape, dtype) for _ in range(config.num_layers))
+            v = tuple(jnp.zeros(v_shape, dtype) for _ in range(config.num_layers))
         return cls(k=k, v=v,
                    mask=jnp.zeros((batch_size, max_length), jnp.int32),
                    index=jnp.zeros((), jnp.int32))
