@@ -56,6 +56,10 @@ tokens and 1 repeat)::
     python -m rlhf_jax.benchmarks.decode --models tiny,smollm2-135m \\
         --batches 1,16,64 --prompt-len 32 --new-tokens 64 --repeats 3 [--json out.json]
 
+On a shared machine whose speed drifts over minutes, add ``--rounds 3``: the two
+frameworks' processes then alternate three times and every timing is the median
+over the rounds (the JSON keeps each round's decode seconds).
+
 Caveats: CPU numbers are noisy when other processes share the cores, and
 torch's OpenMP threads suffer most: with 2 threads on 2 cores while another
 process keeps one core busy, ``generate`` ran ~20× slower than with 1 thread.
@@ -115,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the two frameworks' processes this many times and take "
+                             "the median over rounds (steadier on a machine whose speed drifts)")
     parser.add_argument("--sampling", choices=tuple(SAMPLING), default="greedy",
                         help="greedy, or the paper's eval sampling (temperature 0.9, top_p 0.9, "
                              "repetition penalty 1.2) on both sides")
@@ -133,6 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.models = [m for m in args.models.split(",") if m]
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.threads = args.threads or num_cores()
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error(f"--rounds and --repeats must be ≥ 1, got {args.rounds} and {args.repeats}")
     unknown = set(args.models) - set(MODEL_NAMES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; known: {list(MODEL_NAMES)}")
@@ -348,9 +357,17 @@ def run_in_subprocess(worker: str, checkpoint: str, args, env: dict) -> dict:
 
 
 def model_rows(label: str, checkpoint: str, args, limits: tuple, ours_env: dict) -> list:
-    """All rows of one model: each framework timed in its own process, then compared."""
-    ours = run_in_subprocess("ours", checkpoint, args, ours_env)
-    hf = run_in_subprocess("hf", checkpoint, args, {})
+    """All rows of one model: each framework timed in its own process, then compared.
+
+    With ``--rounds R`` the two processes alternate ``R`` times (ours, transformers,
+    ours, …) and each timing is the median over rounds, so that both frameworks
+    are sampled across the same stretch of time.
+    """
+    ours_runs, hf_runs = [], []
+    for _ in range(args.rounds):
+        ours_runs.append(run_in_subprocess("ours", checkpoint, args, ours_env))
+        hf_runs.append(run_in_subprocess("hf", checkpoint, args, {}))
+    ours, hf = median_over_rounds(ours_runs), median_over_rounds(hf_runs)
     cfg = decoder_config(checkpoint)
     rows = []
     for batch in args.batches:
@@ -358,6 +375,21 @@ def model_rows(label: str, checkpoint: str, args, limits: tuple, ours_env: dict)
         rows.append(compare(label, cfg, batch, o, h, ours["weight_bytes"], args, limits))
         print(format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def median_over_rounds(runs: list) -> dict:
+    """One worker result from several rounds: median timings per case; tokens of the first round.
+
+    Each case also keeps the per-round decode seconds (``decode_s_rounds``).
+    """
+    merged = {**runs[0], "cases": {}}
+    for batch, first in runs[0]["cases"].items():
+        case = {**first, "decode_s_rounds": [run["cases"][batch]["decode_s"] for run in runs]}
+        for key in ("decode_s", "total_s", "gemm_rate"):
+            if key in first:
+                case[key] = statistics.median(run["cases"][batch][key] for run in runs)
+        merged["cases"][batch] = case
+    return merged
 
 
 def decoder_config(checkpoint: str):
@@ -391,7 +423,9 @@ def compare(label, cfg, batch: int, ours: dict, hf: dict, weight_bytes: int, arg
             "greedy_agreement": (float(np.mean(ours_tokens == hf_tokens))
                                  if args.sampling == "greedy" else None),
             "ours_s": ours["total_s"], "transformers_s": hf["total_s"],
-            "ours_decode_s": ours["decode_s"], "transformers_decode_s": hf["decode_s"]}
+            "ours_decode_s": ours["decode_s"], "transformers_decode_s": hf["decode_s"],
+            "ours_decode_s_rounds": ours.get("decode_s_rounds"),
+            "transformers_decode_s_rounds": hf.get("decode_s_rounds")}
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -423,7 +457,8 @@ def environment(args, bandwidth: float, flop_rate: float, ours_flags: str) -> di
             "torch_threads": args.threads, "load_average_1min": os.getloadavg()[0],
             "jax_backend": jax.default_backend(), "bandwidth_GB_s": bandwidth / 1e9,
             "matmul_GFLOP_s": flop_rate / 1e9, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "repeats": args.repeats, "sampling": args.sampling,
+            "new_tokens": args.new_tokens, "repeats": args.repeats, "rounds": args.rounds,
+            "sampling": args.sampling,
             "sampling_settings": SAMPLING[args.sampling],
             "transformers_setup": "generate(use_cache=True), sdpa attention",
             "xla_flags": ours_flags}
@@ -441,7 +476,9 @@ def format_header(env: dict) -> str:
         f"XLA_FLAGS for ours: {env['xla_flags'] or '(defaults)'}",
         f"cases: {env['sampling']} {env['sampling_settings']}, float32, prompt {env['prompt_len']} "
         f"random ids, {env['new_tokens']} new "
-        f"tokens (EOS off), median of {env['repeats']} after 1 warm-up; transformers "
+        f"tokens (EOS off), median of {env['repeats']} after 1 warm-up"
+        + (f", then the median over {env['rounds']} alternating rounds" if env["rounds"] > 1 else "")
+        + "; transformers "
         f"{env['transformers_setup']}", ""])
 
 

@@ -100,9 +100,10 @@ class Attention(nn.Module):
     """Causal grouped-query attention ``softmax(q kᵀ / √d + mask) v`` with an optional KV cache.
 
     ``layer_kv`` is ``None`` (no cache: keys are this call's tokens) or a pair
-    ``(k_bkds, v_bksd)`` of cache slots (keys transposed: slots minor); this call's keys and values are written
-    at slot ``cache_index`` and the updated pair is returned. ``key_mask_bs``
-    marks the key slots that hold real tokens (padding excluded).
+    ``(k_bkds, v_bksd)`` of cache slots (keys transposed: slots minor); this
+    call's keys and values are written at slot ``cache_index`` and the updated
+    pair is returned. ``key_mask_bs`` marks the key slots that hold real tokens
+    (padding excluded).
     """
 
     config: DecoderConfig
@@ -175,8 +176,11 @@ def _attend(q_bthd, k_bkds, v_bksd, key_mask_bs, query_slots_t):
     query heads of a kv head and the ``t`` query positions share one matmul
     row block. A decode step (``t == 1``) has only ``g`` rows per ``(b, k)``:
     there XLA:CPU runs ``b·k`` tiny library matmuls slower than the same sums
-    written as elementwise products, which it fuses (measured on SmolLM2 at
-    batch 16: 30 layers' attention 13.8 → 6.2 ms a step).
+    written as elementwise products, which it fuses. Measured for SmolLM2's
+    shapes (30 layers, 3 kv heads × 3, 96 slots, best of 11, 2 CPU cores):
+    at batch 16 the products take 7.5 ms a step against 9.9 ms as matmuls
+    over transposed keys and 14 ms over untransposed ones; at batch 64 39 vs
+    48 ms; at batch 1 0.6 vs 0.2 ms (a 25 ms step).
     """
     b, t, h, d = q_bthd.shape
     k, s = k_bkds.shape[1], k_bkds.shape[3]
