@@ -157,7 +157,7 @@ def _choose(logits_bv, key, greedy: bool):
 
 
 def decoding_view(model, params):
-    """The same model laid out for decoding: layers unrolled and the LM head its own ``[embed, vocab]`` matrix.
+    """The same model laid out for decoding: layers unrolled, the LM head an ``[embed, vocab]`` matrix.
 
     Decoding reads every weight once per token. With stacked (scanned) layers
     XLA slices each layer's weights out of the stack on every step, which on
