@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.models.transformer import KVCache, unstack_layers
+from rlhf_jax.kernels import panel_matmul
+from rlhf_jax.models.transformer import KVCache, pack_projections, unstack_layers
 
 _NEG_INF = -1e30
 
@@ -157,7 +158,7 @@ def _choose(logits_bv, key, greedy: bool):
 
 
 def decoding_view(model, params):
-    """The same model laid out for decoding: layers unrolled, the LM head an ``[embed, vocab]`` matrix.
+    """The same model laid out for decoding: layers unrolled, an untied LM head, on CPU panel matmuls.
 
     Decoding reads every weight once per token. With stacked (scanned) layers
     XLA slices each layer's weights out of the stack on every step, which on
@@ -166,9 +167,12 @@ def decoding_view(model, params):
     which XLA:CPU runs ~30% slower than by a ``[embed, vocab]`` matrix
     (SmolLM2 at batch 16: 17 → 12 ms a step), so the view gives the head its
     own transposed copy (``tie_word_embeddings=False``; the logits are the
-    same). Called inside ``jit`` the copies are made once per call, outside any
-    decode loop; the price is a second copy of the layer weights and of the
-    embedding while sampling, and a compile time that grows with depth. A
+    same). On a single CPU device with float32 weights, every projection and
+    the head are then packed for :mod:`rlhf_jax.kernels.panel_matmul`
+    (``matmul="cpu_panels"``) when that kernel is available; the logits agree
+    with XLA's matmul to float32 rounding. Called inside ``jit`` the copies are
+    made once per call, outside any decode loop; the price is a second copy of
+    the weights while sampling, and a compile time that grows with depth. A
     model already in this layout is returned unchanged.
     """
     cfg = model.config
@@ -180,9 +184,18 @@ def decoding_view(model, params):
         embedding_ve = params["model"]["embed_tokens"]["embedding"]
         params = {**params, "lm_head": {"kernel": jnp.transpose(embedding_ve)}}
         changes["tie_word_embeddings"] = False
+    if cfg.matmul == "xla" and _cpu_panels_usable(cfg):
+        params = pack_projections(params, cfg.num_layers)
+        changes["matmul"] = "cpu_panels"
     if not changes:
         return model, params
     return model.clone(config=cfg.replace(**changes)), params
+
+
+def _cpu_panels_usable(cfg) -> bool:
+    """Float32 weights and compute, one device, and the CPU panel kernel built here."""
+    return (cfg.dtype == "float32" and cfg.param_dtype == "float32"
+            and jax.device_count() == 1 and panel_matmul.available())
 
 
 def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,

@@ -167,13 +167,20 @@ def test_unrolled_and_scanned_decoding_agree(models):
 
 
 def test_decoding_view_gives_the_same_logits(models):
-    """Unrolled layers and (when tied) a transposed LM-head copy give transformers' logits (1e-4)."""
+    """Unrolled layers, (when tied) a transposed LM-head copy and, where the CPU kernel builds,
+    panel-packed projections give transformers' logits (1e-4)."""
     from rlhf_jax.generate import decoding_view
+    from rlhf_jax.kernels import panel_matmul
     model, params = models["model"], models["params"]
     view, view_params = decoding_view(model, params)
     assert not view.config.scan_layers and not view.config.tie_word_embeddings
+    panels = view.config.matmul == "cpu_panels"
+    assert panels == panel_matmul.available(), panel_matmul.unavailable_reason()
+    head = view_params["lm_head"]["kernel"]
+    if panels:
+        head = panel_matmul.unpack_panels(head, model.config.vocab_size)
     if model.config.tie_word_embeddings:
-        np.testing.assert_array_equal(np.asarray(view_params["lm_head"]["kernel"]),
+        np.testing.assert_array_equal(np.asarray(head),
                                       np.asarray(params["model"]["embed_tokens"]["embedding"]).T)
     ids, mask = models["ids"], models["mask"]
     ours = np.asarray(view.apply({"params": view_params}, jnp.asarray(ids),

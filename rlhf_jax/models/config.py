@@ -17,6 +17,7 @@ MLPS = ("gated", "plain")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 POSITIONS = ("rope", "learned")
 REMAT_POLICIES = ("none", "full", "dots")
+MATMULS = ("xla", "cpu_panels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,10 @@ class DecoderConfig:
     axis (compile time independent of depth: training); ``False`` unrolls them
     with one parameter subtree per layer, ``layers_0`` … (no per-step weight
     slicing: decoding). :func:`rlhf_jax.models.transformer.unstack_layers`
-    converts between the two.
+    converts between the two. ``matmul="cpu_panels"`` stores every projection
+    and the LM head packed in 16-column panels and multiplies with
+    :mod:`rlhf_jax.kernels.panel_matmul` (CPU decoding; set by
+    :func:`rlhf_jax.generate.decoding_view`); ``"xla"`` is ``jnp.dot``.
     """
 
     family: str
@@ -60,6 +64,7 @@ class DecoderConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
+    matmul: str = "xla"
 
     def __post_init__(self):
         _check_choice("norm", self.norm, NORMS)
@@ -67,6 +72,7 @@ class DecoderConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("position", self.position, POSITIONS)
         _check_choice("remat", self.remat, REMAT_POLICIES)
+        _check_choice("matmul", self.matmul, MATMULS)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "

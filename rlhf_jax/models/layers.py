@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.kernels.panel_matmul import PANEL, panel_matmul
 from rlhf_jax.models.config import DecoderConfig
 
 _INIT_STD = 0.02
@@ -26,6 +27,32 @@ def _param(module: nn.Module, name: str, axes: tuple, shape: tuple, init=None):
     init = init or nn.initializers.normal(stddev=_INIT_STD)
     boxed = nn.with_logical_partitioning(init, axes)
     return module.param(name, boxed, shape, module.config.params_dtype)
+
+
+def _weight(module: nn.Module, name: str, axes: tuple, shape: tuple, n_in: int = 1):
+    """The projection matrix ``name`` of logical shape ``shape`` (its first ``n_in`` axes are inputs).
+
+    Under ``matmul="cpu_panels"`` it is stored as the 16-column panels of its
+    ``[prod(in), prod(out)]`` reshape (:func:`rlhf_jax.kernels.panel_matmul.pack_panels`).
+    Multiply with :func:`linear`.
+    """
+    if module.config.matmul == "cpu_panels":
+        k, n = math.prod(shape[:n_in]), math.prod(shape[n_in:])
+        return _param(module, name, (None, None, None), (-(-n // PANEL), k, PANEL))
+    return _param(module, name, axes, shape)
+
+
+def linear(config: DecoderConfig, x, w, n_out: int):
+    """``x[..., k] · W`` with ``W`` from :func:`_weight`, as one 2-D ``[k, n_out]`` matmul.
+
+    Multi-axis einsums (``[e, h, d]`` weights) make XLA:CPU transpose the weight
+    on every call; the 2-D reshape is free and keeps it in place. Panels run
+    :func:`rlhf_jax.kernels.panel_matmul.panel_matmul`.
+    """
+    w = w.astype(config.compute_dtype)
+    if config.matmul == "cpu_panels":
+        return panel_matmul(x, w, n_out)
+    return jnp.dot(x, w.reshape(-1, n_out))
 
 
 def _constrain(x, axes):
@@ -113,13 +140,14 @@ class Attention(nn.Module):
         cfg = self.config
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dt = cfg.compute_dtype
-        wq = _param(self, "q_proj", ("embed", "heads", "head_dim"), (e, h, d))
-        wk = _param(self, "k_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
-        wv = _param(self, "v_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
-        wo = _param(self, "o_proj", ("heads", "head_dim", "embed"), (h, d, e))
-        q = _project_to_heads(x_bte, wq.astype(dt))
-        key = _project_to_heads(x_bte, wk.astype(dt))
-        val = _project_to_heads(x_bte, wv.astype(dt))
+        b, t = x_bte.shape[:2]
+        wq = _weight(self, "q_proj", ("embed", "heads", "head_dim"), (e, h, d))
+        wk = _weight(self, "k_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
+        wv = _weight(self, "v_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
+        wo = _weight(self, "o_proj", ("heads", "head_dim", "embed"), (h, d, e), n_in=2)
+        q = linear(cfg, x_bte, wq, h * d).reshape(b, t, h, d)
+        key = linear(cfg, x_bte, wk, k * d).reshape(b, t, k, d)
+        val = linear(cfg, x_bte, wv, k * d).reshape(b, t, k, d)
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + _param(self, "q_bias", ("heads", "head_dim"), (h, d), zeros).astype(dt)
@@ -131,7 +159,6 @@ class Attention(nn.Module):
             key = apply_rope(key, positions_bt, inv_freq)
         q = _constrain(q, ("batch", "length", "act_heads", "head_dim"))
 
-        t = x_bte.shape[1]
         key_bkds = key.transpose(0, 2, 3, 1)  # cache layout: keys transposed, slots minor
         val_bksd = jnp.swapaxes(val, 1, 2)
         if layer_kv is None:
@@ -149,22 +176,10 @@ class Attention(nn.Module):
             query_slots = cache_index + jnp.arange(t)
         out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
-        b, t = out.shape[:2]
-        y = jnp.dot(out.reshape(b, t, h * d), wo.astype(dt).reshape(h * d, e))
+        y = linear(cfg, out.reshape(b, t, h * d), wo, e)
         if cfg.out_bias:
             y = y + _param(self, "o_bias", ("embed",), (e,), nn.initializers.zeros).astype(dt)
         return y, layer_kv
-
-
-def _project_to_heads(x_bte, w_ehd):
-    """``x · W`` with ``W: [e, h, d]`` run as one 2-D matmul ``[e, h·d]`` (a free reshape).
-
-    Multi-axis einsums make XLA:CPU transpose the weight on every call; the 2-D
-    form keeps the weight in place.
-    """
-    e, h, d = w_ehd.shape
-    b, t, _ = x_bte.shape
-    return jnp.dot(x_bte, w_ehd.reshape(e, h * d)).reshape(b, t, h, d)
 
 
 def _attend(q_bthd, k_bkds, v_bksd, key_mask_bs, query_slots_t):
@@ -223,20 +238,18 @@ class MLP(nn.Module):
         e, f, dt = cfg.hidden_size, cfg.intermediate_size, cfg.compute_dtype
         act = _ACTIVATIONS[cfg.activation]
         zeros = nn.initializers.zeros
-        up = jnp.einsum("bte,ef->btf", x_bte, _param(self, "up_proj", ("embed", "mlp"), (e, f)).astype(dt))
+        up = linear(cfg, x_bte, _weight(self, "up_proj", ("embed", "mlp"), (e, f)), f)
         if cfg.mlp_bias:
             up = up + _param(self, "up_bias", ("mlp",), (f,), zeros).astype(dt)
         if cfg.mlp == "gated":
-            gate = jnp.einsum("bte,ef->btf", x_bte,
-                              _param(self, "gate_proj", ("embed", "mlp"), (e, f)).astype(dt))
+            gate = linear(cfg, x_bte, _weight(self, "gate_proj", ("embed", "mlp"), (e, f)), f)
             if cfg.mlp_bias:
                 gate = gate + _param(self, "gate_bias", ("mlp",), (f,), zeros).astype(dt)
             hidden = act(gate) * up
         else:
             hidden = act(up)
         hidden = _constrain(hidden, ("batch", "length", "act_mlp"))
-        y = jnp.einsum("btf,fe->bte", hidden,
-                       _param(self, "down_proj", ("mlp", "embed"), (f, e)).astype(dt))
+        y = linear(cfg, hidden, _weight(self, "down_proj", ("mlp", "embed"), (f, e)), e)
         if cfg.mlp_bias:
             y = y + _param(self, "down_bias", ("embed",), (e,), zeros).astype(dt)
         return y

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from typing import Optional
 
+import math
+
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.kernels.panel_matmul import pack_panels
 from rlhf_jax.models.config import DecoderConfig
-from rlhf_jax.models.layers import Block, Norm, _constrain, _param
+from rlhf_jax.models.layers import Block, Norm, _constrain, _weight, linear
 
 
 @flax.struct.dataclass
@@ -170,6 +173,31 @@ def stack_layers(params, num_layers: int):
     return {**params, "model": model}
 
 
+# Projection matrices of a block (number of input axes each), packed by :func:`pack_projections`.
+_BLOCK_PROJECTIONS = {"attn": {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2},
+                      "mlp": {"up_proj": 1, "gate_proj": 1, "down_proj": 1}}
+
+
+def pack_projections(params, num_layers: int):
+    """Unrolled (``layers_i``), untied params → every projection and the LM head as 16-column panels.
+
+    The layout of ``matmul="cpu_panels"`` (see :func:`rlhf_jax.models.layers.linear`).
+    """
+    def pack(w, n_in):
+        k = math.prod(w.shape[:n_in])
+        return pack_panels(w.reshape(k, -1))
+
+    model = dict(params["model"])
+    for i in range(num_layers):
+        layer = dict(model[f"layers_{i}"])
+        for block, names in _BLOCK_PROJECTIONS.items():
+            layer[block] = {name: pack(w, names[name]) if name in names else w
+                            for name, w in layer[block].items()}
+        model[f"layers_{i}"] = layer
+    lm_head = {"kernel": pack_panels(params["lm_head"]["kernel"])}
+    return {**params, "model": model, "lm_head": lm_head}
+
+
 class LMHead(nn.Module):
     """Untied output projection ``logits = h · W`` with ``W: [embed, vocab]``."""
 
@@ -178,8 +206,8 @@ class LMHead(nn.Module):
     @nn.compact
     def __call__(self, hidden_bte):
         cfg = self.config
-        w = _param(self, "kernel", ("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size))
-        return jnp.einsum("bte,ev->btv", hidden_bte, w.astype(cfg.compute_dtype))
+        w = _weight(self, "kernel", ("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size))
+        return linear(cfg, hidden_bte, w, cfg.vocab_size)
 
 
 class CausalLM(nn.Module):

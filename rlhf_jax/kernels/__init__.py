@@ -1,0 +1,1 @@
+"""Hand-written kernels that XLA calls as FFI custom calls, each with an XLA fallback."""

@@ -1,0 +1,131 @@
+// y[m, n] = x[m, k] · W[k, n] for float32, with W pre-packed as column panels
+// P[n / 16, k, 16] (the last panel zero-padded). See rlhf_jax/kernels/panel_matmul.py.
+//
+// Why: a decode step multiplies a few rows (the batch) by every weight matrix.
+// Streaming each 16-column panel once, contiguously, while up to 16 rows of x
+// stay in registers, keeps the step near the memory bound; the panels are
+// split between the threads of XLA's intra-op pool.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;  // columns per panel
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+// Rows of x per register block: 16 accumulators fit AVX-512's 32 registers.
+#if defined(__AVX512F__)
+constexpr int kRows = 16;
+#else
+constexpr int kRows = 4;
+#endif
+
+template <int R>
+void PanelBlock(const float* x, int64_t k, const float* panel, float* y, int64_t n,
+                int64_t col0) {
+  Vec acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = Vec{};
+  for (int64_t j = 0; j < k; ++j) {
+    Vec w;
+    std::memcpy(&w, panel + j * kLanes, sizeof(Vec));
+    __builtin_prefetch(panel + j * kLanes + 32 * kLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r] += x[r * k + j] * w;
+  }
+  const int64_t width = std::min<int64_t>(kLanes, n - col0);
+  for (int r = 0; r < R; ++r) std::memcpy(y + r * n + col0, &acc[r], width * sizeof(float));
+}
+
+template <int R>
+void RowsTimesPanel(const float* x, int64_t rows, int64_t k, const float* panel, float* y,
+                    int64_t n, int64_t col0) {
+  if constexpr (R > 1) {
+    if (rows < R) return RowsTimesPanel<R - 1>(x, rows, k, panel, y, n, col0);
+  }
+  PanelBlock<R>(x, k, panel, y, n, col0);
+}
+
+void Panels(const float* x, int64_t m, int64_t k, const float* packed, float* y, int64_t n,
+            int64_t first, int64_t last) {
+  for (int64_t p = first; p < last; ++p) {
+    const float* panel = packed + p * k * kLanes;
+    for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+      RowsTimesPanel<kRows>(x + r0 * k, std::min<int64_t>(kRows, m - r0), k, panel,
+                            y + r0 * n, n, p * kLanes);
+    }
+  }
+}
+
+inline void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Chunks of panels are claimed from a shared counter, by the calling thread and
+// by helpers scheduled on XLA's pool; the caller only waits for chunks already
+// claimed, so a helper that never gets a thread cannot stall the call.
+struct Job {
+  const float* x;
+  const float* packed;
+  float* y;
+  int64_t m, k, n, panels, chunk, chunks;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void Work() {
+    for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
+      Panels(x, m, k, packed, y, n, c * chunk, std::min(panels, (c + 1) * chunk));
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> packed, ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto pd = packed.dimensions();
+  auto yd = y->dimensions();
+  if (xd.size() != 2 || pd.size() != 3 || yd.size() != 2 || pd[2] != kLanes || pd[1] != xd[1] ||
+      yd[0] != xd[0] || (yd[1] + kLanes - 1) / kLanes != pd[0]) {
+    return ffi::Error::InvalidArgument(
+        "panel_matmul: expected x [m, k], packed [ceil(n/16), k, 16], y [m, n]");
+  }
+  auto job = std::make_shared<Job>();
+  job->x = x.typed_data();
+  job->packed = packed.typed_data();
+  job->y = y->typed_data();
+  job->m = xd[0];
+  job->k = xd[1];
+  job->n = yd[1];
+  job->panels = pd[0];
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t flops = job->m * job->k * job->n;
+  const int64_t helpers = flops < (1 << 16) ? 0 : std::min<int64_t>(threads, job->panels) - 1;
+  job->chunks = std::min<int64_t>(job->panels, (helpers + 1) * 4);
+  job->chunk = (job->panels + job->chunks - 1) / job->chunks;
+  job->chunks = (job->panels + job->chunk - 1) / job->chunk;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { job->Work(); });
+  job->Work();
+  while (job->done.load(std::memory_order_acquire) < job->chunks) Pause();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RlhfPanelMatmul, PanelMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
