@@ -28,37 +28,53 @@ constexpr int kRows = 16;
 constexpr int kRows = 4;
 #endif
 
+constexpr int64_t kPrefetchRows = 64;  // panel rows (4 KiB) read ahead of the FMAs
+
+// x is first copied into blocks of up to kRows rows, each transposed to
+// [k, rows], so a block's values for one k are adjacent and a single pointer
+// addresses all of them.
 template <int R>
-void PanelBlock(const float* x, int64_t k, const float* panel, float* y, int64_t n,
+void PanelBlock(const float* xt, int64_t k, const float* panel, float* y, int64_t n,
                 int64_t col0) {
   Vec acc[R];
   for (int r = 0; r < R; ++r) acc[r] = Vec{};
   for (int64_t j = 0; j < k; ++j) {
     Vec w;
     std::memcpy(&w, panel + j * kLanes, sizeof(Vec));
-    __builtin_prefetch(panel + j * kLanes + 32 * kLanes);
+    __builtin_prefetch(panel + (j + kPrefetchRows) * kLanes);
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc[r] += x[r * k + j] * w;
+    for (int r = 0; r < R; ++r) acc[r] += xt[j * R + r] * w;
   }
   const int64_t width = std::min<int64_t>(kLanes, n - col0);
   for (int r = 0; r < R; ++r) std::memcpy(y + r * n + col0, &acc[r], width * sizeof(float));
 }
 
 template <int R>
-void RowsTimesPanel(const float* x, int64_t rows, int64_t k, const float* panel, float* y,
+void RowsTimesPanel(const float* xt, int64_t rows, int64_t k, const float* panel, float* y,
                     int64_t n, int64_t col0) {
   if constexpr (R > 1) {
-    if (rows < R) return RowsTimesPanel<R - 1>(x, rows, k, panel, y, n, col0);
+    if (rows < R) return RowsTimesPanel<R - 1>(xt, rows, k, panel, y, n, col0);
   }
-  PanelBlock<R>(x, k, panel, y, n, col0);
+  PanelBlock<R>(xt, k, panel, y, n, col0);
 }
 
-void Panels(const float* x, int64_t m, int64_t k, const float* packed, float* y, int64_t n,
+void TransposeRowBlocks(const float* x, int64_t m, int64_t k, float* xt) {
+  for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+    const int64_t rows = std::min<int64_t>(kRows, m - r0);
+    float* block = xt + r0 * k;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x + (r0 + r) * k;
+      for (int64_t j = 0; j < k; ++j) block[j * rows + r] = row[j];
+    }
+  }
+}
+
+void Panels(const float* xt, int64_t m, int64_t k, const float* packed, float* y, int64_t n,
             int64_t first, int64_t last) {
   for (int64_t p = first; p < last; ++p) {
     const float* panel = packed + p * k * kLanes;
     for (int64_t r0 = 0; r0 < m; r0 += kRows) {
-      RowsTimesPanel<kRows>(x + r0 * k, std::min<int64_t>(kRows, m - r0), k, panel,
+      RowsTimesPanel<kRows>(xt + r0 * k, std::min<int64_t>(kRows, m - r0), k, panel,
                             y + r0 * n, n, p * kLanes);
     }
   }
@@ -76,7 +92,7 @@ inline void Pause() {
 // by helpers scheduled on XLA's pool; the caller only waits for chunks already
 // claimed, so a helper that never gets a thread cannot stall the call.
 struct Job {
-  const float* x;
+  std::unique_ptr<float[]> xt;  // x as transposed row blocks, see TransposeRowBlocks
   const float* packed;
   float* y;
   int64_t m, k, n, panels, chunk, chunks;
@@ -85,7 +101,7 @@ struct Job {
 
   void Work() {
     for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
-      Panels(x, m, k, packed, y, n, c * chunk, std::min(panels, (c + 1) * chunk));
+      Panels(xt.get(), m, k, packed, y, n, c * chunk, std::min(panels, (c + 1) * chunk));
       done.fetch_add(1, std::memory_order_release);
     }
   }
@@ -102,13 +118,14 @@ ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         "panel_matmul: expected x [m, k], packed [ceil(n/16), k, 16], y [m, n]");
   }
   auto job = std::make_shared<Job>();
-  job->x = x.typed_data();
   job->packed = packed.typed_data();
   job->y = y->typed_data();
   job->m = xd[0];
   job->k = xd[1];
   job->n = yd[1];
   job->panels = pd[0];
+  job->xt.reset(new float[job->m * job->k]);
+  TransposeRowBlocks(x.typed_data(), job->m, job->k, job->xt.get());
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t flops = job->m * job->k * job->n;
   const int64_t helpers = flops < (1 << 16) ? 0 : std::min<int64_t>(threads, job->panels) - 1;

@@ -1,0 +1,94 @@
+"""The CPU panel matmul (an XLA FFI kernel) against a float64 NumPy product."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.kernels import panel_matmul as pm
+
+needs_kernel = pytest.mark.skipif(not pm.available(), reason=f"panel kernel: {pm.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (7, 16), (100, 33), (576, 200)])
+def test_pack_then_unpack_is_the_identity(k, n):
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
+    packed = pm.pack_panels(jnp.asarray(w))
+    assert packed.shape == (-(-n // 16), k, 16)
+    np.testing.assert_array_equal(np.asarray(packed[0, :, : min(n, 16)]), w[:, :16])  # panel 0
+    padding = np.asarray(packed).transpose(1, 0, 2).reshape(k, -1)[:, n:]
+    assert not padding.any()
+    np.testing.assert_array_equal(np.asarray(pm.unpack_panels(packed, n)), w)
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 40])
+@pytest.mark.parametrize("k,n", [(1, 1), (7, 15), (64, 16), (100, 33), (576, 200)])
+def test_matches_numpy(m, k, n):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    y = jax.jit(pm.panel_matmul, static_argnums=2)(jnp.asarray(x), pm.pack_panels(jnp.asarray(w)), n)
+    ref = x.astype(np.float64) @ w.astype(np.float64)
+    # float32 accumulation over k terms of size ~1: error grows like sqrt(k) · 2^-24 · |terms|
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=0, atol=2e-6 * k)
+
+
+@needs_kernel
+def test_leading_axes_and_a_large_call_across_threads():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8, 576)).astype(np.float32)  # 32 rows: two register blocks
+    w = rng.standard_normal((576, 1536)).astype(np.float32)
+    y = jax.jit(pm.panel_matmul, static_argnums=2)(jnp.asarray(x), pm.pack_panels(jnp.asarray(w)), 1536)
+    assert y.shape == (4, 8, 1536)
+    np.testing.assert_allclose(np.asarray(y), np.einsum("abk,kn->abn", x.astype(np.float64), w),
+                               rtol=0, atol=2e-6 * 576)
+
+
+@needs_kernel
+def test_inside_a_while_loop_matches_xla():
+    """The decode loop calls the kernel from a ``lax.while_loop`` body."""
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.standard_normal((64, 64)).astype(np.float32) / 8)
+    packed = pm.pack_panels(w)
+    x0 = jnp.asarray(rng.standard_normal((16, 64)).astype(np.float32))
+
+    def run(mm):
+        return jax.jit(lambda x: jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(mm(x)), x))(x0)
+
+    ours = run(lambda x: pm.panel_matmul(x, packed, 64))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(run(lambda x: x @ w)), atol=1e-5)
+
+
+def test_bad_shapes_and_dtypes_are_named():
+    packed = jnp.zeros((2, 8, 16), jnp.float32)
+    with pytest.raises(ValueError, match=r"\[2, 8, 16\]|\(2, 8, 16\)"):
+        pm.panel_matmul(jnp.zeros((3, 9), jnp.float32), packed, 32)
+    with pytest.raises(ValueError, match="ceil"):
+        pm.panel_matmul(jnp.zeros((3, 8), jnp.float32), packed, 40)
+    with pytest.raises(TypeError, match="float32"):
+        pm.panel_matmul(jnp.zeros((3, 8), jnp.bfloat16), packed, 32)
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("RLHF_JAX_CPU_KERNELS", "0")
+    assert pm._why_not() == "RLHF_JAX_CPU_KERNELS=0"
+
+
+def test_a_missing_compiler_is_reported(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert "failed" in pm._why_not()
+
+
+def test_decoding_view_keeps_xla_when_the_kernel_is_unavailable(monkeypatch):
+    from rlhf_jax.generate import decoding_view
+    from rlhf_jax.models import CausalLM, config_from_hf, init_params
+    from rlhf_jax.models.presets import preset_config
+    monkeypatch.setattr(pm, "available", lambda: False)
+    cfg = config_from_hf(preset_config("tiny-llama"))
+    model = CausalLM(cfg)
+    params = init_params(model, jax.random.key(0))
+    view, view_params = decoding_view(model, params)
+    assert view.config.matmul == "xla"
+    assert view_params["model"]["layers_0"]["mlp"]["up_proj"].shape == (cfg.hidden_size,
+                                                                        cfg.intermediate_size)
