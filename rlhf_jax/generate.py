@@ -169,7 +169,7 @@ def decoding_view(model, params):
     own transposed copy (``tie_word_embeddings=False``; the logits are the
     same). On a single CPU device with float32 weights, every projection and
     the head are then packed for :mod:`rlhf_jax.kernels.panel_matmul`
-    (``matmul="cpu_panels"``) when that kernel is available; the logits agree
+    (``cpu_kernels=True``) when that kernel is available; the logits agree
     with XLA's matmul to float32 rounding. Called inside ``jit`` the copies are
     made once per call, outside any decode loop; the price is a second copy of
     the weights while sampling, and a compile time that grows with depth. A
@@ -184,15 +184,15 @@ def decoding_view(model, params):
         embedding_ve = params["model"]["embed_tokens"]["embedding"]
         params = {**params, "lm_head": {"kernel": jnp.transpose(embedding_ve)}}
         changes["tie_word_embeddings"] = False
-    if cfg.matmul == "xla" and _cpu_panels_usable(cfg):
+    if not cfg.cpu_kernels and _cpu_kernels_usable(cfg):
         params = pack_projections(params, cfg.num_layers)
-        changes["matmul"] = "cpu_panels"
+        changes["cpu_kernels"] = True
     if not changes:
         return model, params
     return model.clone(config=cfg.replace(**changes)), params
 
 
-def _cpu_panels_usable(cfg) -> bool:
+def _cpu_kernels_usable(cfg) -> bool:
     """Float32 weights and compute, one device, and the CPU panel kernel built here."""
     return (cfg.dtype == "float32" and cfg.param_dtype == "float32"
             and jax.device_count() == 1 and panel_matmul.available())

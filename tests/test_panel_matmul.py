@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlhf_jax.kernels import build
 from rlhf_jax.kernels import panel_matmul as pm
 
 needs_kernel = pytest.mark.skipif(not pm.available(), reason=f"panel kernel: {pm.unavailable_reason()}")
@@ -72,12 +73,25 @@ def test_bad_shapes_and_dtypes_are_named():
 
 def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("RLHF_JAX_CPU_KERNELS", "0")
-    assert pm._why_not() == "RLHF_JAX_CPU_KERNELS=0"
+    assert build._why_not("panel_matmul", ()) == "RLHF_JAX_CPU_KERNELS=0"
 
 
-def test_a_missing_compiler_is_reported(monkeypatch):
+def test_a_failing_compiler_is_reported(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    assert "failed" in pm._why_not()
+    assert "failed" in build._why_not("panel_matmul", ())
+
+
+@needs_kernel
+def test_a_build_is_cached_per_machine(tmp_path, monkeypatch):
+    import shutil
+    monkeypatch.setenv("RLHF_JAX_CACHE", str(tmp_path))
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    first = build.build(build.os.path.join(build.HERE, "panel_matmul.cc"), compiler)
+    assert first.startswith(str(tmp_path)) and first.endswith(".so")
+    stamp = build.os.path.getmtime(first)
+    assert build.build(build.os.path.join(build.HERE, "panel_matmul.cc"), compiler) == first
+    assert build.os.path.getmtime(first) == stamp
+    assert not list(tmp_path.glob("kernels/*.tmp"))
 
 
 def test_decoding_view_keeps_xla_when_the_kernel_is_unavailable(monkeypatch):
@@ -89,6 +103,6 @@ def test_decoding_view_keeps_xla_when_the_kernel_is_unavailable(monkeypatch):
     model = CausalLM(cfg)
     params = init_params(model, jax.random.key(0))
     view, view_params = decoding_view(model, params)
-    assert view.config.matmul == "xla"
+    assert not view.config.cpu_kernels
     assert view_params["model"]["layers_0"]["mlp"]["up_proj"].shape == (cfg.hidden_size,
                                                                         cfg.intermediate_size)

@@ -6,12 +6,11 @@
 // stay in registers, keeps the step near the memory bound; the panels are
 // split between the threads of XLA's intra-op pool.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -80,33 +79,6 @@ void Panels(const float* xt, int64_t m, int64_t k, const float* packed, float* y
   }
 }
 
-inline void Pause() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#else
-  std::this_thread::yield();
-#endif
-}
-
-// Chunks of panels are claimed from a shared counter, by the calling thread and
-// by helpers scheduled on XLA's pool; the caller only waits for chunks already
-// claimed, so a helper that never gets a thread cannot stall the call.
-struct Job {
-  std::unique_ptr<float[]> xt;  // x as transposed row blocks, see TransposeRowBlocks
-  const float* packed;
-  float* y;
-  int64_t m, k, n, panels, chunk, chunks;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Work() {
-    for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
-      Panels(xt.get(), m, k, packed, y, n, c * chunk, std::min(panels, (c + 1) * chunk));
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                        ffi::Buffer<ffi::F32> packed, ffi::ResultBuffer<ffi::F32> y) {
   auto xd = x.dimensions();
@@ -117,24 +89,14 @@ ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument(
         "panel_matmul: expected x [m, k], packed [ceil(n/16), k, 16], y [m, n]");
   }
-  auto job = std::make_shared<Job>();
-  job->packed = packed.typed_data();
-  job->y = y->typed_data();
-  job->m = xd[0];
-  job->k = xd[1];
-  job->n = yd[1];
-  job->panels = pd[0];
-  job->xt.reset(new float[job->m * job->k]);
-  TransposeRowBlocks(x.typed_data(), job->m, job->k, job->xt.get());
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t flops = job->m * job->k * job->n;
-  const int64_t helpers = flops < (1 << 16) ? 0 : std::min<int64_t>(threads, job->panels) - 1;
-  job->chunks = std::min<int64_t>(job->panels, (helpers + 1) * 4);
-  job->chunk = (job->panels + job->chunks - 1) / job->chunks;
-  job->chunks = (job->panels + job->chunk - 1) / job->chunk;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { job->Work(); });
-  job->Work();
-  while (job->done.load(std::memory_order_acquire) < job->chunks) Pause();
+  const int64_t m = xd[0], k = xd[1], n = yd[1];
+  std::unique_ptr<float[]> xt(new float[m * k]);
+  TransposeRowBlocks(x.typed_data(), m, k, xt.get());
+  const float* panels = packed.typed_data();
+  float* out = y->typed_data();
+  rlhf_jax::ParallelFor(pool, pd[0], m * k * n >= (1 << 16), [&](int64_t first, int64_t last) {
+    Panels(xt.get(), m, k, panels, out, n, first, last);
+  });
   return ffi::Error::Success();
 }
 

@@ -11,37 +11,24 @@ SmolLM2-135M's projections for one decode step at batch 16 take ~36 ms this
 way against ~130 ms as ``jnp.dot`` in the same jitted chain (2 cores; see
 ``python -m rlhf_jax.benchmarks.decode`` for whole-step numbers).
 
-The kernel is compiled from source on first use with the host's C++ compiler
-(``-O3 -march=native``, against the FFI headers that ship with jaxlib) and
-cached under ``$RLHF_JAX_CACHE`` (default ``~/.cache/rlhf_jax``), keyed by the
-source, the compiler, jaxlib and the CPU. Where that cannot happen (no
-compiler, not a CPU backend, ``RLHF_JAX_CPU_KERNELS=0``) :func:`available`
-says why and callers keep XLA's matmul. Float32 only; single device (the
-custom call has no sharding rule).
+The kernel is compiled on first use (:mod:`rlhf_jax.kernels.build`). Where
+that cannot happen (no compiler, not a CPU backend, ``RLHF_JAX_CPU_KERNELS=0``)
+:func:`available` is false, :func:`unavailable_reason` says why, and callers
+keep XLA's matmul. Float32 only; single device (the custom call has no
+sharding rule).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.metadata
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-log = logging.getLogger(__name__)
+from rlhf_jax.kernels import build
 
 PANEL = 16  # columns per panel; must match kLanes in panel_matmul.cc
 TARGET = "rlhf_jax_panel_matmul"
-SOURCE = os.path.join(os.path.dirname(__file__), "panel_matmul.cc")
-COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
 def pack_panels(w_kn: jnp.ndarray) -> jnp.ndarray:
@@ -80,73 +67,9 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-@functools.cache
 def unavailable_reason() -> Optional[str]:
-    """``None`` when the kernel is registered, else why it is not (logged once)."""
-    reason = _why_not()
-    if reason:
-        log.info("CPU panel matmul not used: %s; XLA's matmul is used instead", reason)
-    return reason
-
-
-def _why_not() -> Optional[str]:
-    if os.environ.get("RLHF_JAX_CPU_KERNELS", "1") == "0":
-        return "RLHF_JAX_CPU_KERNELS=0"
-    if jax.default_backend() != "cpu":
-        return f"the default backend is {jax.default_backend()}, not cpu"
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
-    if not compiler:
-        return "no C++ compiler (g++ or clang++, or $CXX) on PATH"
-    try:
-        library = _build(compiler)
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", "") or err
-        return f"compiling {SOURCE} with {compiler} failed: {str(detail)[-2000:]}"
-    import ctypes
-    handler = ctypes.cdll.LoadLibrary(library).RlhfPanelMatmul
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
-    return None
-
-
-def _build(compiler: str) -> str:
-    """Path of the compiled library, building it unless a cached build for this machine exists."""
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                             check=True).stdout
-    key = hashlib.sha256(b"\0".join([
-        source, version.encode(), " ".join(COMPILE_FLAGS).encode(),
-        importlib.metadata.version("jaxlib").encode(),
-        platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
-    cache = os.path.join(os.environ.get("RLHF_JAX_CACHE", os.path.expanduser("~/.cache/rlhf_jax")),
-                         "kernels")
-    library = os.path.join(cache, f"panel_matmul-{key}.so")
-    if os.path.exists(library):
-        return library
-    os.makedirs(cache, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *COMPILE_FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", tmp],
-                       capture_output=True, text=True, check=True)
-        os.replace(tmp, library)  # atomic: concurrent builders each publish a complete file
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    log.info("compiled %s → %s", SOURCE, library)
-    return library
-
-
-def _cpu_flags() -> str:
-    """The CPU's feature flags (``-march=native`` builds are only valid on the same kind of CPU)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor()
+    """``None`` when the kernel is registered, else why it is not (see :mod:`.build`)."""
+    return build.register("panel_matmul", ((TARGET, "RlhfPanelMatmul"),))
 
 
 __all__ = ["PANEL", "available", "pack_panels", "panel_matmul", "unavailable_reason",

@@ -17,7 +17,6 @@ MLPS = ("gated", "plain")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 POSITIONS = ("rope", "learned")
 REMAT_POLICIES = ("none", "full", "dots")
-MATMULS = ("xla", "cpu_panels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +30,11 @@ class DecoderConfig:
     axis (compile time independent of depth: training); ``False`` unrolls them
     with one parameter subtree per layer, ``layers_0`` … (no per-step weight
     slicing: decoding). :func:`rlhf_jax.models.transformer.unstack_layers`
-    converts between the two. ``matmul="cpu_panels"`` stores every projection
-    and the LM head packed in 16-column panels and multiplies with
-    :mod:`rlhf_jax.kernels.panel_matmul` (CPU decoding; set by
-    :func:`rlhf_jax.generate.decoding_view`); ``"xla"`` is ``jnp.dot``.
+    converts between the two. ``cpu_kernels=True`` (CPU decoding; set by
+    :func:`rlhf_jax.generate.decoding_view`) stores every projection and the
+    LM head in 16-column panels multiplied by
+    :mod:`rlhf_jax.kernels.panel_matmul`, and runs single-query attention with
+    :mod:`rlhf_jax.kernels.decode_attention`.
     """
 
     family: str
@@ -64,7 +64,7 @@ class DecoderConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
-    matmul: str = "xla"
+    cpu_kernels: bool = False
 
     def __post_init__(self):
         _check_choice("norm", self.norm, NORMS)
@@ -72,7 +72,6 @@ class DecoderConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("position", self.position, POSITIONS)
         _check_choice("remat", self.remat, REMAT_POLICIES)
-        _check_choice("matmul", self.matmul, MATMULS)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "

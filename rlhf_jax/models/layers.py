@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.kernels import decode_attention
 from rlhf_jax.kernels.panel_matmul import PANEL, panel_matmul
 from rlhf_jax.models.config import DecoderConfig
 
@@ -32,11 +33,11 @@ def _param(module: nn.Module, name: str, axes: tuple, shape: tuple, init=None):
 def _weight(module: nn.Module, name: str, axes: tuple, shape: tuple, n_in: int = 1):
     """The projection matrix ``name`` of logical shape ``shape`` (its first ``n_in`` axes are inputs).
 
-    Under ``matmul="cpu_panels"`` it is stored as the 16-column panels of its
+    With ``cpu_kernels`` it is stored as the 16-column panels of its
     ``[prod(in), prod(out)]`` reshape (:func:`rlhf_jax.kernels.panel_matmul.pack_panels`).
     Multiply with :func:`linear`.
     """
-    if module.config.matmul == "cpu_panels":
+    if module.config.cpu_kernels:
         k, n = math.prod(shape[:n_in]), math.prod(shape[n_in:])
         return _param(module, name, (None, None, None), (-(-n // PANEL), k, PANEL))
     return _param(module, name, axes, shape)
@@ -50,7 +51,7 @@ def linear(config: DecoderConfig, x, w, n_out: int):
     :func:`rlhf_jax.kernels.panel_matmul.panel_matmul`.
     """
     w = w.astype(config.compute_dtype)
-    if config.matmul == "cpu_panels":
+    if config.cpu_kernels:
         return panel_matmul(x, w, n_out)
     return jnp.dot(x, w.reshape(-1, n_out))
 
@@ -174,7 +175,10 @@ class Attention(nn.Module):
             values = _constrain(values, ("batch", "act_kv_heads", "cache_length", "head_dim"))
             layer_kv = (keys, values)
             query_slots = cache_index + jnp.arange(t)
-        out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots)
+        if cfg.cpu_kernels and t == 1 and decode_attention.available():
+            out = _attend_one_query_on_cpu(q, keys, values, key_mask_bs, query_slots)
+        else:
+            out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
         y = linear(cfg, out.reshape(b, t, h * d), wo, e)
         if cfg.out_bias:
@@ -217,6 +221,16 @@ def _attend(q_bthd, k_bkds, v_bksd, key_mask_bs, query_slots_t):
     else:
         out = jnp.einsum("bkqs,bksd->bkqd", probs, v_bksd)
     return out.reshape(b, k, t, g, d).transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
+
+
+def _attend_one_query_on_cpu(q_b1hd, k_bkds, v_bksd, key_mask_bs, query_slots_1):
+    """:func:`_attend` for a decode step (``t == 1``) by :mod:`rlhf_jax.kernels.decode_attention`."""
+    b, _, h, d = q_b1hd.shape
+    k, s = k_bkds.shape[1], k_bkds.shape[3]
+    allowed_bs = (jnp.arange(s)[None, :] <= query_slots_1[0]) & key_mask_bs.astype(bool)
+    out = decode_attention.decode_attention(q_b1hd.reshape(b, k, h // k, d), k_bkds, v_bksd,
+                                            allowed_bs)
+    return out.reshape(b, 1, h, d)
 
 
 _ACTIVATIONS = {

@@ -181,7 +181,7 @@ _BLOCK_PROJECTIONS = {"attn": {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 
 def pack_projections(params, num_layers: int):
     """Unrolled (``layers_i``), untied params → every projection and the LM head as 16-column panels.
 
-    The layout of ``matmul="cpu_panels"`` (see :func:`rlhf_jax.models.layers.linear`).
+    The layout of ``cpu_kernels=True`` (see :func:`rlhf_jax.models.layers.linear`).
     """
     def pack(w, n_in):
         k = math.prod(w.shape[:n_in])

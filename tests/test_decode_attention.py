@@ -1,0 +1,73 @@
+"""The CPU decode-attention kernel against a float64 NumPy softmax attention and ``layers._attend``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.kernels import decode_attention as da
+from rlhf_jax.models.layers import _attend
+
+needs_kernel = pytest.mark.skipif(not da.available(), reason=f"attention kernel: {da.unavailable_reason()}")
+
+
+def numpy_attention(q, keys, values, allowed):
+    """Plain loops: softmax over allowed slots (all slots, uniformly, when none is allowed)."""
+    b, k, g, d = q.shape
+    out = np.zeros((b, k, g, d))
+    for bi in range(b):
+        for ki in range(k):
+            for gi in range(g):
+                scores = q[bi, ki, gi].astype(np.float64) @ keys[bi, ki] / np.sqrt(d)
+                if allowed[bi].any():
+                    scores = np.where(allowed[bi], scores, -np.inf)
+                else:
+                    scores = np.zeros_like(scores)
+                p = np.exp(scores - scores.max())
+                out[bi, ki, gi] = (p / p.sum()) @ values[bi, ki]
+    return out
+
+
+def _inputs(rng, b, k, g, d, s):
+    q = rng.standard_normal((b, k, g, d)).astype(np.float32)
+    keys = rng.standard_normal((b, k, d, s)).astype(np.float32)
+    values = rng.standard_normal((b, k, s, d)).astype(np.float32)
+    allowed = rng.random((b, s)) < 0.6
+    allowed[0, :] = False  # a row with nothing to attend to
+    if b > 1:
+        allowed[1, :] = True
+    return q, keys, values, allowed
+
+
+@needs_kernel
+@pytest.mark.parametrize("b,k,g,d,s", [(1, 1, 1, 8, 1), (3, 2, 3, 16, 17), (16, 3, 3, 64, 96),
+                                       (2, 4, 1, 5, 40)])
+def test_matches_numpy(b, k, g, d, s):
+    q, keys, values, allowed = _inputs(np.random.default_rng(b * 100 + s), b, k, g, d, s)
+    ours = jax.jit(da.decode_attention)(q, keys, values, jnp.asarray(allowed))
+    np.testing.assert_allclose(np.asarray(ours), numpy_attention(q, keys, values, allowed),
+                               rtol=0, atol=1e-5)
+
+
+@needs_kernel
+def test_matches_the_xla_path_of_the_model():
+    """Same masking as ``layers._attend`` with a cache index: slots after it are never attended."""
+    b, k, g, d, s = 4, 2, 2, 16, 24
+    q, keys, values, key_mask = _inputs(np.random.default_rng(7), b, k, g, d, s)
+    slot = jnp.asarray([10])
+    xla = _attend(jnp.asarray(q).reshape(b, 1, k * g, d), keys, values, jnp.asarray(key_mask), slot)
+    allowed = (np.arange(s)[None, :] <= 10) & key_mask
+    ours = da.decode_attention(q, keys, values, jnp.asarray(allowed))
+    np.testing.assert_allclose(np.asarray(ours).reshape(b, 1, k * g, d), np.asarray(xla), atol=1e-5)
+
+
+def test_bad_shapes_and_dtypes_are_named():
+    q = jnp.zeros((2, 1, 1, 4), jnp.float32)
+    keys = jnp.zeros((2, 1, 4, 6), jnp.float32)
+    values = jnp.zeros((2, 1, 6, 4), jnp.float32)
+    with pytest.raises(ValueError, match="allowed"):
+        da.decode_attention(q, keys, values, jnp.ones((2, 5), bool))
+    with pytest.raises(ValueError, match=r"\[b, k, s, d\]"):
+        da.decode_attention(q, keys, values[:, :, :5], jnp.ones((2, 6), bool))
+    with pytest.raises(TypeError, match="float32"):
+        da.decode_attention(q.astype(jnp.bfloat16), keys, values, jnp.ones((2, 6), bool))
