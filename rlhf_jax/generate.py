@@ -151,9 +151,23 @@ def apply_repetition_penalty(logits_bv, seen_bv, penalty):
     return jnp.where(seen_bv, penalised, logits)
 
 
+def greedy_tokens(logits_bv):
+    """``argmax`` over the vocabulary (the first index on ties), as a max then a min over indices.
+
+    XLA:CPU runs ``jnp.argmax``'s paired (value, index) reduction at ~2 ms for
+    16 × 49,152 logits; two plain reductions take ~1 ms. A row holding NaN
+    (where no value equals the max) gets the last id.
+    """
+    vocab = logits_bv.shape[-1]
+    top = jnp.max(logits_bv, axis=-1, keepdims=True)
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits_bv.shape, logits_bv.ndim - 1)
+    first = jnp.min(jnp.where(logits_bv == top, ids, vocab), axis=-1)
+    return jnp.minimum(first, vocab - 1)
+
+
 def _choose(logits_bv, key, greedy: bool):
     if greedy:
-        return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        return greedy_tokens(logits_bv)
     return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
 
 

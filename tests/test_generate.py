@@ -264,3 +264,12 @@ def test_process_logits_keeps_exactly_the_nucleus():
     kept = out > -1e29
     np.testing.assert_array_equal(kept, (logits / np.float32(0.7)) >= cutoff[:, None])
     assert (kept.sum(axis=1) < 500).all() and (kept.sum(axis=1) >= 1).all()
+
+
+def test_greedy_tokens_is_argmax_with_first_index_on_ties():
+    from rlhf_jax.generate import greedy_tokens
+    rng = np.random.default_rng(0)
+    logits = rng.integers(-3, 4, (64, 50)).astype(np.float32)  # many ties
+    logits[5] = 7.0  # a whole row tied
+    np.testing.assert_array_equal(np.asarray(greedy_tokens(jnp.asarray(logits))),
+                                  np.argmax(logits, axis=-1))
