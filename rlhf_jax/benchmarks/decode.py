@@ -23,8 +23,10 @@ How:
 - Isolation: each framework is timed in its own fresh process (``--worker``),
   the other not even imported; in a shared process torch's OpenMP threads kept
   spinning after ``generate`` and slowed XLA by a quarter.
-- Configuration of ours: what the ``rlhf-jax`` command runs — layers unrolled
-  once at load (:func:`rlhf_jax.generate.decoding_view`) and the XLA:CPU flags
+- Configuration of ours: what the ``rlhf-jax`` command runs — the decoding
+  layout made once at load (:func:`rlhf_jax.generate.decoding_view`: layers
+  unrolled and, where they build, the CPU kernels of :mod:`rlhf_jax.kernels`;
+  ``RLHF_JAX_CPU_KERNELS=0`` leaves XLA's operations) and the XLA:CPU flags
   of :mod:`rlhf_jax.xla_cpu` (``--xla-defaults`` keeps XLA's defaults instead).
 - Timing. One warm-up call (JAX compilation happens there and is excluded), then
   ``--repeats`` timed calls; the median is reported. JAX results are waited for
@@ -166,6 +168,11 @@ def median_seconds(fn, repeats: int) -> float:
 # --- roofline -----------------------------------------------------------------------------
 
 
+def _warm_median(fn, repeats: int) -> float:
+    fn()
+    return median_seconds(fn, repeats)
+
+
 def measure_bandwidth(repeats: int = 5) -> float:
     """Memory read bandwidth in bytes/s: a jitted sum over a 512 MiB float32 array."""
     x = jnp.ones((BANDWIDTH_BYTES // FLOAT32_BYTES,), jnp.float32)
@@ -182,6 +189,22 @@ def measure_matmul_rate(repeats: int = 5) -> float:
     run = lambda: jax.block_until_ready(matmul(a, a))
     run()
     return 2 * MATMUL_SIZE ** 3 / median_seconds(run, repeats)
+
+
+def measure_limits_with_torch(repeats: int = 5) -> tuple:
+    """``(bandwidth, matmul rate)`` measured with torch on all cores: ``sum`` over 512 MiB, 2048² ``mm``.
+
+    XLA:CPU runs a reduction on one thread, which on some hosts reads memory
+    slower than several threads can; the roofline must be a bound that no
+    implementation beats, so the better of the two libraries is used.
+    """
+    import torch
+    torch.set_num_threads(num_cores())
+    x = torch.ones(BANDWIDTH_BYTES // FLOAT32_BYTES)
+    bandwidth = BANDWIDTH_BYTES / _warm_median(lambda: x.sum(), repeats)
+    a = torch.ones(MATMUL_SIZE, MATMUL_SIZE)
+    rate = 2 * MATMUL_SIZE ** 3 / _warm_median(lambda: torch.mm(a, a), repeats)
+    return bandwidth, rate
 
 
 def measure_decode_gemm_rate(cfg, batch: int, repeats: int = 5) -> float:
@@ -470,9 +493,9 @@ def format_header(env: dict) -> str:
         f"jax {env['jax']} ({env['jax_backend']}), torch {env['torch']}, transformers "
         f"{env['transformers']}, {env['cores']} cores, torch threads {env['torch_threads']}, "
         f"1-min load average at start {env['load_average_1min']:.2f}",
-        f"measured: memory bandwidth {env['bandwidth_GB_s']:.1f} GB/s (jitted f32 sum, 512 MiB), "
-        f"matmul {env['matmul_GFLOP_s']:.1f} GFLOP/s (jitted f32 {MATMUL_SIZE}²; each the better of "
-        f"this process and one with XLA's default flags)",
+        f"measured: memory bandwidth {env['bandwidth_GB_s']:.1f} GB/s (f32 sum over 512 MiB), "
+        f"matmul {env['matmul_GFLOP_s']:.1f} GFLOP/s (f32 {MATMUL_SIZE}²); each the best of jitted "
+        "JAX with XLA's default flags, with ours, and torch on all cores",
         f"XLA_FLAGS for ours: {env['xla_flags'] or '(defaults)'}",
         f"cases: {env['sampling']} {env['sampling_settings']}, float32, prompt {env['prompt_len']} "
         f"random ids, {env['new_tokens']} new "
@@ -486,16 +509,21 @@ _LIMITS_CODE = ("import json; from rlhf_jax.benchmarks.decode import measure_ban
                 "measure_matmul_rate; print(json.dumps([measure_bandwidth(), measure_matmul_rate()]))")
 
 
-def machine_limits(ours_env: dict) -> tuple:
-    """``(bandwidth, matmul rate)``: the better of XLA's default flags and ours' flags.
+_TORCH_LIMITS_CODE = ("import json; from rlhf_jax.benchmarks.decode import "
+                      "measure_limits_with_torch; print(json.dumps(measure_limits_with_torch()))")
 
-    The CPU tuning slows square matmuls; the roofline must use the best rate the
-    machine reaches, not the rate of the configuration being judged. Each is
-    measured in a fresh process.
+
+def machine_limits(ours_env: dict) -> tuple:
+    """``(bandwidth, matmul rate)``: the best of XLA with its default flags, with ours, and torch.
+
+    The CPU tuning slows square matmuls, and XLA sums memory on one thread; the
+    roofline must use the best rate the machine reaches, not the rate of the
+    configuration being judged. Each is measured in a fresh process.
     """
     results = []
-    for env in ({"XLA_FLAGS": "", "RLHF_JAX_CPU_TUNING": "0"}, ours_env):
-        out = subprocess.run([sys.executable, "-c", _LIMITS_CODE], env={**os.environ, **env},
+    for code, env in ((_LIMITS_CODE, {"XLA_FLAGS": "", "RLHF_JAX_CPU_TUNING": "0"}),
+                      (_LIMITS_CODE, ours_env), (_TORCH_LIMITS_CODE, {})):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
                              capture_output=True, text=True, check=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
     return max(r[0] for r in results), max(r[1] for r in results)
