@@ -102,6 +102,7 @@ BANDWIDTH_BYTES = 512 * 1024 * 1024
 MATMUL_SIZE = 2048
 FLOAT32_BYTES = 4
 COLUMNS = ("model", "batch", "ours decode tok/s", "transformers decode tok/s", "decode speed-up",
+           "ours without CPU kernels decode tok/s",
            "ours end-to-end tok/s", "transformers end-to-end tok/s", "roofline tok/s (bound)",
            "ours/roofline", "GEMM@batch roofline tok/s", "ours/GEMM@batch", "greedy-agreement")
 
@@ -129,6 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "repetition penalty 1.2) on both sides")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the number of usable cores)")
+    parser.add_argument("--without-cpu-kernels", action="store_true",
+                        help="also time ours with RLHF_JAX_CPU_KERNELS=0 (XLA's own matmul and "
+                             "attention) in the same rounds")
     parser.add_argument("--json", default=None, help="write the rows (and environment) here")
     parser.add_argument("--quick", action="store_true", help="batches 1,4; 8 new tokens; 1 repeat")
     parser.add_argument("--worker", choices=("ours", "hf"), help=argparse.SUPPRESS)
@@ -386,16 +390,22 @@ def model_rows(label: str, checkpoint: str, args, limits: tuple, ours_env: dict)
     ours, …) and each timing is the median over rounds, so that both frameworks
     are sampled across the same stretch of time.
     """
-    ours_runs, hf_runs = [], []
+    ours_runs, hf_runs, xla_runs = [], [], []
     for _ in range(args.rounds):
         ours_runs.append(run_in_subprocess("ours", checkpoint, args, ours_env))
         hf_runs.append(run_in_subprocess("hf", checkpoint, args, {}))
+        if args.without_cpu_kernels:
+            xla_runs.append(run_in_subprocess("ours", checkpoint, args,
+                                              {**ours_env, "RLHF_JAX_CPU_KERNELS": "0"}))
     ours, hf = median_over_rounds(ours_runs), median_over_rounds(hf_runs)
+    xla = median_over_rounds(xla_runs) if xla_runs else None
     cfg = decoder_config(checkpoint)
     rows = []
     for batch in args.batches:
         o, h = ours["cases"][str(batch)], hf["cases"][str(batch)]
         rows.append(compare(label, cfg, batch, o, h, ours["weight_bytes"], args, limits))
+        rows[-1]["ours_xla_only_decode_tok_s"] = (
+            None if xla is None else batch * (args.new_tokens - 1) / xla["cases"][str(batch)]["decode_s"])
         print(format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -458,6 +468,8 @@ def format_row(row: dict) -> str:
     """One Markdown table line."""
     cells = (row["model"], str(row["batch"]), f"{row['ours_decode_tok_s']:.1f}",
              f"{row['transformers_decode_tok_s']:.1f}", f"{row['decode_speedup']:.2f}×",
+             "—" if row.get("ours_xla_only_decode_tok_s") is None
+             else f"{row['ours_xla_only_decode_tok_s']:.1f}",
              f"{row['ours_tok_s']:.1f}", f"{row['transformers_tok_s']:.1f}",
              f"{row['roofline_tok_s']:.1f} ({row['bound']})", f"{row['ours_over_roofline']:.2f}",
              f"{row['gemm_roofline_tok_s']:.1f}", f"{row['ours_over_gemm_roofline']:.2f}",
