@@ -37,9 +37,11 @@ How:
   prefill included. ``greedy-agreement`` is the fraction of positions where both
   frameworks chose the same token (a sanity column: ~1.0 in float32; once one
   near-tie flips, the rest of that row usually differs).
-- Roofline. Memory bandwidth = a jitted float32 sum over a 512 MiB array
-  (bytes / s); matmul rate = a jitted 2048 × 2048 float32 matmul (FLOP/s); both the
-  median of several runs. Per decode step at batch ``b`` and mean cache length
+- Roofline. Memory bandwidth = a float32 sum over a 512 MiB array (bytes / s);
+  matmul rate = a 2048 × 2048 float32 matmul (FLOP/s); each the fastest of 5
+  runs, and the best of jitted JAX (XLA's default flags and ours, each in a
+  fresh process) and torch on all cores (XLA sums on one thread, which reads
+  memory slower than two). Per decode step at batch ``b`` and mean cache length
   ``S = prompt_len + new_tokens / 2``: bytes = weight bytes (the LM head always;
   the token embedding only when it is the tied LM head — an untied embedding
   lookup reads just ``b`` rows) + KV cache reads ``2 · layers · b · S · kv_heads ·
@@ -48,9 +50,9 @@ How:
   FLOPs / matmul rate), the larger term names the bound; roofline tokens/s =
   ``b`` / step time. *GEMM@batch roofline*: the same with the matmul rate
   measured at the decode GEMM's own shape (``[b, hidden] × [hidden,
-  intermediate]``, a chain over the layers' weights), i.e. what XLA:CPU's
-  kernels reach on skinny matmuls, far below the square-matmul rate at small
-  ``b``.
+  intermediate]``, a chain over the layers' weights), i.e. what XLA:CPU's own
+  ``dot`` reaches on skinny matmuls, far below the square-matmul rate at small
+  ``b``; with the CPU kernels of :mod:`rlhf_jax.kernels` ours can exceed it.
 
 Run (on a quiet machine; ``--quick`` is a smoke run with batches 1,4, 8 new
 tokens and 1 repeat)::
@@ -172,9 +174,15 @@ def median_seconds(fn, repeats: int) -> float:
 # --- roofline -----------------------------------------------------------------------------
 
 
-def _warm_median(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` calls of ``fn`` after one warm-up call: a machine limit is a peak."""
     fn()
-    return median_seconds(fn, repeats)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def measure_bandwidth(repeats: int = 5) -> float:
@@ -182,8 +190,7 @@ def measure_bandwidth(repeats: int = 5) -> float:
     x = jnp.ones((BANDWIDTH_BYTES // FLOAT32_BYTES,), jnp.float32)
     reduce = jax.jit(jnp.sum)
     run = lambda: jax.block_until_ready(reduce(x))
-    run()
-    return BANDWIDTH_BYTES / median_seconds(run, repeats)
+    return BANDWIDTH_BYTES / best_seconds(run, repeats)
 
 
 def measure_matmul_rate(repeats: int = 5) -> float:
@@ -191,8 +198,7 @@ def measure_matmul_rate(repeats: int = 5) -> float:
     a = jnp.ones((MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
     matmul = jax.jit(jnp.matmul)
     run = lambda: jax.block_until_ready(matmul(a, a))
-    run()
-    return 2 * MATMUL_SIZE ** 3 / median_seconds(run, repeats)
+    return 2 * MATMUL_SIZE ** 3 / best_seconds(run, repeats)
 
 
 def measure_limits_with_torch(repeats: int = 5) -> tuple:
@@ -205,9 +211,9 @@ def measure_limits_with_torch(repeats: int = 5) -> tuple:
     import torch
     torch.set_num_threads(num_cores())
     x = torch.ones(BANDWIDTH_BYTES // FLOAT32_BYTES)
-    bandwidth = BANDWIDTH_BYTES / _warm_median(lambda: x.sum(), repeats)
+    bandwidth = BANDWIDTH_BYTES / best_seconds(lambda: x.sum(), repeats)
     a = torch.ones(MATMUL_SIZE, MATMUL_SIZE)
-    rate = 2 * MATMUL_SIZE ** 3 / _warm_median(lambda: torch.mm(a, a), repeats)
+    rate = 2 * MATMUL_SIZE ** 3 / best_seconds(lambda: torch.mm(a, a), repeats)
     return bandwidth, rate
 
 
@@ -224,8 +230,7 @@ def measure_decode_gemm_rate(cfg, batch: int, repeats: int = 5) -> float:
     ws = [jax.random.normal(k, (cfg.hidden_size, cfg.intermediate_size)) for k in keys]
     chain = jax.jit(lambda x, ws: sum(x @ w for w in ws))
     run = lambda: jax.block_until_ready(chain(x, ws))
-    run()
-    return 2 * batch * sum(w.size for w in ws) / median_seconds(run, repeats)
+    return 2 * batch * sum(w.size for w in ws) / best_seconds(run, repeats)
 
 
 def layer_matmul_params(cfg) -> int:
@@ -506,8 +511,8 @@ def format_header(env: dict) -> str:
         f"{env['transformers']}, {env['cores']} cores, torch threads {env['torch_threads']}, "
         f"1-min load average at start {env['load_average_1min']:.2f}",
         f"measured: memory bandwidth {env['bandwidth_GB_s']:.1f} GB/s (f32 sum over 512 MiB), "
-        f"matmul {env['matmul_GFLOP_s']:.1f} GFLOP/s (f32 {MATMUL_SIZE}²); each the best of jitted "
-        "JAX with XLA's default flags, with ours, and torch on all cores",
+        f"matmul {env['matmul_GFLOP_s']:.1f} GFLOP/s (f32 {MATMUL_SIZE}²); each the fastest of 5 runs, "
+        "the best of jitted JAX with XLA's default flags, with ours, and torch on all cores",
         f"XLA_FLAGS for ours: {env['xla_flags'] or '(defaults)'}",
         f"cases: {env['sampling']} {env['sampling_settings']}, float32, prompt {env['prompt_len']} "
         f"random ids, {env['new_tokens']} new "
