@@ -39,7 +39,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["rlhf_jax", "rlhf_jax.*"]),
-    package_data={"rlhf_jax.kernels": ["*.cc"]},  # compiled on first use (see panel_matmul.py)
+    package_data={"rlhf_jax.kernels": ["*.cc", "*.h"]},  # compiled on first use (see panel_matmul.py)
     install_requires=CORE,
     extras_require={
         "test": TEST,

@@ -106,3 +106,25 @@ def test_decoding_view_keeps_xla_when_the_kernel_is_unavailable(monkeypatch):
     assert not view.config.cpu_kernels
     assert view_params["model"]["layers_0"]["mlp"]["up_proj"].shape == (cfg.hidden_size,
                                                                         cfg.intermediate_size)
+
+
+@needs_kernel
+@pytest.mark.parametrize("flags", [("-mno-avx512f",), ("-DRLHF_JAX_PANEL_ROWS=5",)],
+                         ids=["no-avx512", "5-row-blocks"])
+def test_other_builds_of_the_kernel(flags, tmp_path, monkeypatch):
+    """The portable path (4-row blocks where AVX-512 is missing) and an odd block size."""
+    import ctypes
+    import shutil
+    monkeypatch.setenv("RLHF_JAX_CACHE", str(tmp_path))
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    library = build.build(build.os.path.join(build.HERE, "panel_matmul.cc"), compiler, flags)
+    target = f"test_panel_matmul_{abs(hash(flags))}"
+    handler = ctypes.cdll.LoadLibrary(library).RlhfPanelMatmul
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
+    rng = np.random.default_rng(3)
+    for m, k, n in [(1, 7, 15), (5, 64, 33), (16, 100, 200), (17, 576, 48)]:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((m, n), jnp.float32))
+        y = jax.jit(call)(jnp.asarray(x), pm.pack_panels(jnp.asarray(w)))
+        np.testing.assert_allclose(np.asarray(y), x.astype(np.float64) @ w, rtol=0, atol=2e-6 * k)

@@ -66,14 +66,19 @@ def _why_not(name: str, targets: tuple) -> Optional[str]:
     return None
 
 
-def build(source: str, compiler: str) -> str:
-    """Path of ``source`` compiled to a shared library, reusing a cached build for this machine."""
+def build(source: str, compiler: str, extra_flags: tuple = ()) -> str:
+    """Path of ``source`` compiled to a shared library, reusing a cached build for this machine.
+
+    ``extra_flags`` go after :data:`COMPILE_FLAGS` (tests build the portable
+    paths with ``-mno-avx512f``).
+    """
+    flags = (*COMPILE_FLAGS, *extra_flags)
     inputs = [source, *sorted(glob.glob(os.path.join(HERE, "*.h")))]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=True).stdout
     digest = hashlib.sha256()
     for part in [*(open(f, "rb").read() for f in inputs), version.encode(),
-                 " ".join(COMPILE_FLAGS).encode(), importlib.metadata.version("jaxlib").encode(),
+                 " ".join(flags).encode(), _jaxlib_version().encode(),
                  platform.machine().encode(), _cpu_flags().encode()]:
         digest.update(part + b"\0")
     cache = os.path.join(os.environ.get("RLHF_JAX_CACHE", os.path.expanduser("~/.cache/rlhf_jax")),
@@ -86,7 +91,7 @@ def build(source: str, compiler: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
     os.close(fd)
     try:
-        subprocess.run([compiler, *COMPILE_FLAGS, f"-I{jax.ffi.include_dir()}", source, "-o", tmp],
+        subprocess.run([compiler, *flags, f"-I{jax.ffi.include_dir()}", source, "-o", tmp],
                        capture_output=True, text=True, check=True)
         os.replace(tmp, library)  # atomic: concurrent builders each publish a complete file
     finally:
@@ -94,6 +99,13 @@ def build(source: str, compiler: str) -> str:
             os.remove(tmp)
     log.info("compiled %s → %s", source, library)
     return library
+
+
+def _jaxlib_version() -> str:
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:  # e.g. jaxlib built from source
+        return jax.__version__
 
 
 def _cpu_flags() -> str:

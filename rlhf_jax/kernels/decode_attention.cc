@@ -82,9 +82,11 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   auto kd = keys.dimensions();
   auto vd = values.dimensions();
   auto ad = allowed.dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || ad.size() != 2) {
+  auto od = out->dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || ad.size() != 2 || od.size() != 4 ||
+      od[0] != qd[0] || od[1] != qd[1] || od[2] != qd[2] || od[3] != qd[3]) {
     return ffi::Error::InvalidArgument("decode_attention: expected q [b, k, g, d], keys "
-                                       "[b, k, d, s], values [b, k, s, d], allowed [b, s]");
+                                       "[b, k, d, s], values [b, k, s, d], allowed [b, s], out [b, k, g, d]");
   }
   const Shapes n{qd[0], qd[1], qd[2], qd[3], kd[3]};
   if (kd[0] != n.b || kd[1] != n.k || kd[2] != n.d || vd[0] != n.b || vd[1] != n.k ||

@@ -20,8 +20,11 @@ namespace {
 constexpr int kLanes = 16;  // columns per panel
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
-// Rows of x per register block: 16 accumulators fit AVX-512's 32 registers.
-#if defined(__AVX512F__)
+// Rows of x per register block: 16 accumulators fit AVX-512's 32 registers;
+// without AVX-512 a 16-float vector is two AVX registers, so fewer rows.
+#if defined(RLHF_JAX_PANEL_ROWS)
+constexpr int kRows = RLHF_JAX_PANEL_ROWS;
+#elif defined(__AVX512F__)
 constexpr int kRows = 16;
 #else
 constexpr int kRows = 4;
@@ -40,7 +43,7 @@ void PanelBlock(const float* xt, int64_t k, const float* panel, float* y, int64_
   for (int64_t j = 0; j < k; ++j) {
     Vec w;
     std::memcpy(&w, panel + j * kLanes, sizeof(Vec));
-    __builtin_prefetch(panel + (j + kPrefetchRows) * kLanes);
+    if (j + kPrefetchRows < k) __builtin_prefetch(panel + (j + kPrefetchRows) * kLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc[r] += xt[j * R + r] * w;
   }

@@ -28,6 +28,7 @@ inline void Pause() {
 // `parallel` false (small work) runs everything on the calling thread.
 template <typename Body>
 void ParallelFor(xla::ffi::ThreadPool& pool, int64_t items, bool parallel, Body body) {
+  if (items <= 0) return;
   struct Shared {
     Body body;
     int64_t items, chunk, chunks;
@@ -49,7 +50,15 @@ void ParallelFor(xla::ffi::ThreadPool& pool, int64_t items, bool parallel, Body 
   shared->chunks = (items + shared->chunk - 1) / shared->chunk;
   for (int64_t i = 1; i < threads; ++i) pool.Schedule([shared] { shared->Work(); });
   shared->Work();
-  while (shared->done.load(std::memory_order_acquire) < shared->chunks) Pause();
+  // Helpers finishing their last chunk: spin briefly, then yield the core (a
+  // helper may be waiting for it when the pool has more threads than cores).
+  for (int64_t spins = 0; shared->done.load(std::memory_order_acquire) < shared->chunks; ++spins) {
+    if (spins < 4096) {
+      Pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 }  // namespace rlhf_jax

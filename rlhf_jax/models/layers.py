@@ -176,7 +176,8 @@ class Attention(nn.Module):
             layer_kv = (keys, values)
             query_slots = cache_index + jnp.arange(t)
         if cfg.cpu_kernels and t == 1 and decode_attention.available():
-            out = _attend_one_query_on_cpu(q, keys, values, key_mask_bs, query_slots)
+            out = _attend_one_query_on_cpu(q, keys.astype(dt), values.astype(dt), key_mask_bs,
+                                           query_slots)
         else:
             out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
