@@ -36,17 +36,24 @@ constexpr int64_t kPrefetchRows = 64;  // panel rows (4 KiB) read ahead of the F
 // [k, rows], so a block's values for one k are adjacent and a single pointer
 // addresses all of them.
 template <int R>
+inline void AccumulateRow(const float* xt, const float* panel, int64_t j, Vec* acc) {
+  Vec w;
+  std::memcpy(&w, panel + j * kLanes, sizeof(Vec));
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r] += xt[j * R + r] * w;
+}
+
+template <int R>
 void PanelBlock(const float* xt, int64_t k, const float* panel, float* y, int64_t n,
                 int64_t col0) {
   Vec acc[R];
   for (int r = 0; r < R; ++r) acc[r] = Vec{};
-  for (int64_t j = 0; j < k; ++j) {
-    Vec w;
-    std::memcpy(&w, panel + j * kLanes, sizeof(Vec));
-    if (j + kPrefetchRows < k) __builtin_prefetch(panel + (j + kPrefetchRows) * kLanes);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc[r] += xt[j * R + r] * w;
+  int64_t j = 0;
+  for (; j + kPrefetchRows < k; ++j) {  // prefetching, within the panel array
+    __builtin_prefetch(panel + (j + kPrefetchRows) * kLanes);
+    AccumulateRow<R>(xt, panel, j, acc);
   }
+  for (; j < k; ++j) AccumulateRow<R>(xt, panel, j, acc);
   const int64_t width = std::min<int64_t>(kLanes, n - col0);
   for (int r = 0; r < R; ++r) std::memcpy(y + r * n + col0, &acc[r], width * sizeof(float));
 }
