@@ -163,6 +163,11 @@ def _to_host(x) -> np.ndarray:
 
 def params_to_tensors(cfg: DecoderConfig, params) -> dict:
     """HF-named float32 numpy tensors from a ``params`` pytree (sharded, even across hosts)."""
+    if cfg.cpu_kernels or not cfg.scan_layers:
+        raise CheckpointError(
+            "these params are in a decoding layout (scan_layers=False or cpu_kernels=True, as "
+            "rlhf_jax.generate.decoding_view makes them); export the model and params that "
+            "load_pretrained or training returned")
     params = jax.tree.map(_to_host, params)
     out = {}
     for tmap in family_named(cfg.family).tensor_maps(cfg):

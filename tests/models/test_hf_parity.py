@@ -84,6 +84,14 @@ def test_export_reloads_in_transformers(case, tmp_path):
 # ---------------------------------------------------------------------------- bad input
 
 
+def test_exporting_a_decoding_view_is_refused_by_name(llama_dir, tmp_path):
+    from rlhf_jax.generate import decoding_view
+    view, view_params = decoding_view(*load_pretrained(llama_dir))
+    with pytest.raises(CheckpointError, match="decoding layout"):
+        save_pretrained(view, view_params, str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("llama"))
