@@ -165,6 +165,15 @@ def greedy_tokens(logits_bv):
     return jnp.minimum(first, vocab - 1)
 
 
+def token_logprobs(logits_bv, token_b):
+    """``log_softmax(logits)[token]`` as ``logits[token] − logsumexp(logits)``, one value per row.
+
+    The same number without materialising the ``[batch, vocab]`` log-softmax.
+    """
+    chosen = jnp.take_along_axis(logits_bv, token_b[:, None], axis=-1)[:, 0]
+    return chosen - jax.nn.logsumexp(logits_bv, axis=-1)
+
+
 def _choose(logits_bv, key, greedy: bool):
     if greedy:
         return greedy_tokens(logits_bv)
@@ -276,7 +285,7 @@ def _sample_jitted(model, params, prompt_ids, prompt_mask, key, temperature, top
             logits = apply_repetition_penalty(logits, state.seen, penalty)
         logits = process_logits(logits, temperature, **filters)
         token = _choose(logits, step_key, greedy)
-        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], -1)[:, 0]
+        logprob = token_logprobs(logits, token)
         live = ~state.done
         token = jnp.where(live, token, pad_id)
         put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], state.step, axis=1)
