@@ -162,14 +162,19 @@ def num_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` (call it once before, to warm up)."""
+def wall_times(fn, repeats: int) -> list:
+    """Wall time of each of ``repeats`` calls of ``fn``."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (call it once before, to warm up)."""
+    return statistics.median(wall_times(fn, repeats))
 
 
 # --- roofline -----------------------------------------------------------------------------
@@ -178,12 +183,7 @@ def median_seconds(fn, repeats: int) -> float:
 def best_seconds(fn, repeats: int) -> float:
     """Fastest of ``repeats`` calls of ``fn`` after one warm-up call: a machine limit is a peak."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(wall_times(fn, repeats))
 
 
 def measure_bandwidth(repeats: int = 5) -> float:

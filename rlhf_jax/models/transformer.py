@@ -15,9 +15,8 @@ left-padded row gets the same positions as the unpadded sequence.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import math
+from typing import Optional
 
 import flax
 import flax.linen as nn
