@@ -50,6 +50,16 @@ def test_matches_numpy(b, k, g, d, s):
 
 
 @needs_kernel
+def test_a_peaked_softmax_whose_small_weights_underflow():
+    """Score gaps beyond float32's exp range: those weights are 0, the rest still exact."""
+    q, keys, values, allowed = _inputs(np.random.default_rng(5), 4, 2, 3, 16, 40)
+    q = q * 40.0
+    ours = jax.jit(da.decode_attention)(q, keys, values, jnp.asarray(allowed))
+    np.testing.assert_allclose(np.asarray(ours), numpy_attention(q, keys, values, allowed),
+                               rtol=0, atol=1e-5)
+
+
+@needs_kernel
 def test_matches_the_xla_path_of_the_model():
     """Same masking as ``layers._attend`` with a cache index: slots after it are never attended."""
     b, k, g, d, s = 4, 2, 2, 16, 24

@@ -47,6 +47,21 @@ def test_leading_axes_and_a_large_call_across_threads():
 
 
 @needs_kernel
+@pytest.mark.parametrize("m", [1, 16, 19])
+def test_several_products_in_one_call(m):
+    """q/k/v-like widths (one not a multiple of 16), split between the threads as one sequence."""
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, 576)).astype(np.float32)
+    ws = [rng.standard_normal((576, n)).astype(np.float32) for n in (576, 192, 200)]
+    weights = [(pm.pack_panels(jnp.asarray(w)), w.shape[1]) for w in ws]
+    ys = jax.jit(lambda x, ps: pm.panel_matmuls(x, [(p, w.shape[1]) for p, w in zip(ps, ws)]))(
+        jnp.asarray(x), [p for p, _ in weights])
+    assert [y.shape for y in ys] == [(m, 576), (m, 192), (m, 200)]
+    for y, w in zip(ys, ws):
+        np.testing.assert_allclose(np.asarray(y), x.astype(np.float64) @ w, rtol=0, atol=2e-6 * 576)
+
+
+@needs_kernel
 def test_inside_a_while_loop_matches_xla():
     """The decode loop calls the kernel from a ``lax.while_loop`` body."""
     rng = np.random.default_rng(2)
@@ -69,6 +84,8 @@ def test_bad_shapes_and_dtypes_are_named():
         pm.panel_matmul(jnp.zeros((3, 8), jnp.float32), packed, 40)
     with pytest.raises(TypeError, match="float32"):
         pm.panel_matmul(jnp.zeros((3, 8), jnp.bfloat16), packed, 32)
+    with pytest.raises(ValueError, match=r"\(1, 9, 16\)"):  # the second product's panels
+        pm.panel_matmuls(jnp.zeros((3, 8), jnp.float32), [(packed, 32), (jnp.zeros((1, 9, 16)), 16)])
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -8,11 +8,16 @@
 //
 // Why: XLA:CPU runs the b·k tiny products of a decode step one library call
 // (or one single-threaded fusion) at a time; here each (b, k) pair streams
-// its keys and values once, only up to the row's last allowed slot, and the
-// pairs are split between the threads of XLA's intra-op pool.
+// its keys and values once, only up to the row's last allowed slot, with the
+// next rows prefetched (the cache of a whole model does not stay in cache
+// memory between steps: 30 layers of SmolLM2 at batch 16 are ~35 MB) and the
+// softmax 16 lanes at a time; the pairs are split between the threads of XLA's
+// intra-op pool. SmolLM2's shapes, 30 calls at 64 of 96 slots: 4.6 ms before
+// the prefetch and vector softmax, 3.5 ms after (2 cores, 2026-11-29).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -27,10 +32,60 @@ struct Shapes {
   int64_t b, k, g, d, s;
 };
 
+constexpr int kLanes = 16;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline Vec Splat(float v) { return Vec{} + v; }
+
+// exp(x) for x <= 0, 16 lanes at once (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2,
+// a degree-6 polynomial for e^r, then 2^n from the exponent bits): within 1.02
+// ulp of the exact value wherever that is a normal float (checked for every
+// x = -i * 1e-6 down to -87.3), and exactly 0 below -87.3, where expf gives
+// denormals.
+inline Vec ExpNonPositive(Vec x) {
+  const Vec too_small = Splat(-87.3f);
+  const IVec underflow = x < too_small;
+  x = underflow ? too_small : x;
+  const Vec round = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const Vec n = (x * Splat(1.44269504088896341f) + round) - round;
+  const Vec r = x - n * Splat(0.693359375f) - n * Splat(-2.12194440e-4f);
+  Vec p = Splat(1.9875691500e-4f);
+  p = p * r + Splat(1.3981999507e-3f);
+  p = p * r + Splat(8.3334519073e-3f);
+  p = p * r + Splat(4.1665795894e-2f);
+  p = p * r + Splat(1.6666665459e-1f);
+  p = p * r + Splat(5.0000001201e-1f);
+  p = p * r * r + r + Splat(1.0f);
+  const IVec exponent = (__builtin_convertvector(n, IVec) + 127) << 23;
+  Vec scale;
+  std::memcpy(&scale, &exponent, sizeof(Vec));
+  return underflow ? Vec{} : p * scale;
+}
+
+constexpr int64_t kAhead = 12;  // rows of keys or values requested ahead of their use
+
+inline void PrefetchRow(const float* row, int64_t floats) {
+  for (int64_t i = 0; i < floats; i += 64 / sizeof(float)) __builtin_prefetch(row + i);
+}
+
+inline float MaxOf(Vec v) {
+  float top = v[0];
+  for (int i = 1; i < kLanes; ++i) top = std::max(top, v[i]);
+  return top;
+}
+
+inline float SumOf(Vec v) {
+  float total = 0.0f;
+  for (int i = 0; i < kLanes; ++i) total += v[i];
+  return total;
+}
+
 // Attention of the g query heads that share kv head `kv` of batch row `row`.
+// `scores` holds g rows of `width` floats (`end` rounded up to whole vectors).
 void AttendOnePair(const Shapes& n, const float* q, const float* keys, const float* values,
                    const int32_t* allowed, float* out, int64_t row, int64_t kv,
-                   std::vector<float>& scores) {
+                   std::vector<float>& scores, std::vector<int32_t>& keep) {
   const int64_t pair = row * n.k + kv;
   const float* q_gd = q + pair * n.g * n.d;
   const float* k_ds = keys + pair * n.d * n.s;
@@ -41,37 +96,59 @@ void AttendOnePair(const Shapes& n, const float* q, const float* keys, const flo
   while (end > 0 && !allowed_s[end - 1]) --end;
   const bool none_allowed = end == 0;
   if (none_allowed) end = n.s;  // every score is the lowest float: a uniform average
-  const float lowest = std::numeric_limits<float>::lowest();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(n.d));
-  scores.assign(n.g * end, 0.0f);
+  const int64_t width = (end + kLanes - 1) / kLanes * kLanes;
+  scores.assign(n.g * width, 0.0f);
+  keep.assign(width, 0);
+  if (!none_allowed) std::copy(allowed_s, allowed_s + end, keep.begin());
   for (int64_t dd = 0; dd < n.d; ++dd) {
     const float* k_s = k_ds + dd * n.s;
+    if (dd + kAhead < n.d) {
+      PrefetchRow(k_s + kAhead * n.s, end);
+    } else if (dd + kAhead - n.d < end) {  // the first rows of values, read after the softmax
+      PrefetchRow(v_sd + (dd + kAhead - n.d) * n.d, n.d);
+    }
     for (int64_t gi = 0; gi < n.g; ++gi) {
       const float qv = q_gd[gi * n.d + dd];
-      float* row_scores = scores.data() + gi * end;
+      float* row_scores = scores.data() + gi * width;
       for (int64_t j = 0; j < end; ++j) row_scores[j] += qv * k_s[j];
     }
   }
+  const Vec scale = Splat(1.0f / std::sqrt(static_cast<float>(n.d)));
+  const Vec lowest = Splat(std::numeric_limits<float>::lowest());
   for (int64_t gi = 0; gi < n.g; ++gi) {
-    float* p = scores.data() + gi * end;
-    float top = lowest;
-    for (int64_t j = 0; j < end; ++j) {
-      p[j] = (allowed_s[j] && !none_allowed) ? p[j] * scale : lowest;
-      top = std::max(top, p[j]);
+    float* p = scores.data() + gi * width;
+    Vec top = lowest;
+    for (int64_t j = 0; j < width; j += kLanes) {  // masked, scaled scores and their max
+      Vec x;
+      IVec m;
+      std::memcpy(&x, p + j, sizeof(Vec));
+      std::memcpy(&m, keep.data() + j, sizeof(IVec));
+      x = m != 0 ? x * scale : lowest;
+      top = top > x ? top : x;
+      std::memcpy(p + j, &x, sizeof(Vec));
     }
-    float total = 0.0f;
-    for (int64_t j = 0; j < end; ++j) {
-      p[j] = std::exp(p[j] - top);
-      total += p[j];
+    const Vec shift = Splat(MaxOf(top));
+    Vec total{};
+    for (int64_t j = 0; j < width; j += kLanes) {  // weights exp(score - max) and their sum
+      Vec x;
+      std::memcpy(&x, p + j, sizeof(Vec));
+      x = ExpNonPositive(x - shift);
+      total += x;
+      std::memcpy(p + j, &x, sizeof(Vec));
     }
+    // The padding past `end` (all-lowest scores) adds weight only when nothing is allowed.
+    const float sum = none_allowed ? static_cast<float>(end) : SumOf(total);
     float* o = out_gd + gi * n.d;
     std::fill(o, o + n.d, 0.0f);
     for (int64_t j = 0; j < end; ++j) {
-      const float w = p[j] / total;
+      const float w = p[j];
       if (w == 0.0f) continue;
       const float* v = v_sd + j * n.d;
+      if (gi == 0 && j + kAhead < end) PrefetchRow(v + kAhead * n.d, n.d);
       for (int64_t dd = 0; dd < n.d; ++dd) o[dd] += w * v[dd];
     }
+    const float inverse = 1.0f / sum;
+    for (int64_t dd = 0; dd < n.d; ++dd) o[dd] *= inverse;
   }
 }
 
@@ -102,8 +179,9 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   const bool parallel = n.b * n.k * n.g * n.d * n.s >= (1 << 15);
   rlhf_jax::ParallelFor(pool, n.b * n.k, parallel, [&](int64_t first, int64_t last) {
     std::vector<float> scores;
+    std::vector<int32_t> keep;
     for (int64_t pair = first; pair < last; ++pair) {
-      AttendOnePair(n, qp, kp, vp, ap, op, pair / n.k, pair % n.k, scores);
+      AttendOnePair(n, qp, kp, vp, ap, op, pair / n.k, pair % n.k, scores, keep);
     }
   });
   return ffi::Error::Success();

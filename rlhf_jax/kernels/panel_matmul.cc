@@ -1,5 +1,6 @@
 // y[m, n] = x[m, k] · W[k, n] for float32, with W pre-packed as column panels
-// P[n / 16, k, 16] (the last panel zero-padded). See rlhf_jax/kernels/panel_matmul.py.
+// P[n / 16, k, 16] (the last panel zero-padded); one call can multiply x by
+// several such W. See rlhf_jax/kernels/panel_matmul.py.
 //
 // Why: a decode step multiplies a few rows (the batch) by every weight matrix.
 // Streaming each 16-column panel once, contiguously, while up to 16 rows of x
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -78,34 +80,62 @@ void TransposeRowBlocks(const float* x, int64_t m, int64_t k, float* xt) {
   }
 }
 
-void Panels(const float* xt, int64_t m, int64_t k, const float* packed, float* y, int64_t n,
-            int64_t first, int64_t last) {
+// One product of a call: W packed as `panels` panels of k x 16, and its output y[m, n].
+struct Product {
+  const float* packed;
+  float* y;
+  int64_t n, panels;
+};
+
+void Panels(const float* xt, int64_t m, int64_t k, const Product& product, int64_t first,
+            int64_t last) {
   for (int64_t p = first; p < last; ++p) {
-    const float* panel = packed + p * k * kLanes;
+    const float* panel = product.packed + p * k * kLanes;
     for (int64_t r0 = 0; r0 < m; r0 += kRows) {
       RowsTimesPanel<kRows>(xt + r0 * k, std::min<int64_t>(kRows, m - r0), k, panel,
-                            y + r0 * n, n, p * kLanes);
+                            product.y + r0 * product.n, product.n, p * kLanes);
     }
   }
 }
 
-ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                       ffi::Buffer<ffi::F32> packed, ffi::ResultBuffer<ffi::F32> y) {
+// y_i = x · W_i for every packed W_i of the call: x is transposed once and the
+// panels of all the products are split between the threads as one sequence.
+ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::RemainingArgs packed,
+                       ffi::RemainingRets ys) {
   auto xd = x.dimensions();
-  auto pd = packed.dimensions();
-  auto yd = y->dimensions();
-  if (xd.size() != 2 || pd.size() != 3 || yd.size() != 2 || pd[2] != kLanes || pd[1] != xd[1] ||
-      yd[0] != xd[0] || (yd[1] + kLanes - 1) / kLanes != pd[0]) {
+  if (xd.size() != 2 || packed.size() == 0 || packed.size() != ys.size()) {
     return ffi::Error::InvalidArgument(
-        "panel_matmul: expected x [m, k], packed [ceil(n/16), k, 16], y [m, n]");
+        "panel_matmul: expected x [m, k] and one output per packed weight");
   }
-  const int64_t m = xd[0], k = xd[1], n = yd[1];
+  const int64_t m = xd[0], k = xd[1];
+  std::vector<Product> products;
+  int64_t total_panels = 0;
+  for (size_t i = 0; i < packed.size(); ++i) {
+    auto w = packed.get<ffi::Buffer<ffi::F32>>(i);
+    auto y = ys.get<ffi::Buffer<ffi::F32>>(i);
+    if (!w.has_value() || !y.has_value()) {
+      return ffi::Error::InvalidArgument("panel_matmul: weights and outputs must be float32");
+    }
+    auto pd = w->dimensions();
+    auto yd = (*y)->dimensions();
+    if (pd.size() != 3 || yd.size() != 2 || pd[2] != kLanes || pd[1] != k || yd[0] != m ||
+        (yd[1] + kLanes - 1) / kLanes != pd[0]) {
+      return ffi::Error::InvalidArgument(
+          "panel_matmul: expected x [m, k], packed [ceil(n/16), k, 16], y [m, n]");
+    }
+    products.push_back({w->typed_data(), (*y)->typed_data(), yd[1], pd[0]});
+    total_panels += pd[0];
+  }
   std::unique_ptr<float[]> xt(new float[m * k]);
   TransposeRowBlocks(x.typed_data(), m, k, xt.get());
-  const float* panels = packed.typed_data();
-  float* out = y->typed_data();
-  rlhf_jax::ParallelFor(pool, pd[0], m * k * n >= (1 << 16), [&](int64_t first, int64_t last) {
-    Panels(xt.get(), m, k, panels, out, n, first, last);
+  const bool parallel = m * k * total_panels * kLanes >= (1 << 16);
+  rlhf_jax::ParallelFor(pool, total_panels, parallel, [&](int64_t first, int64_t last) {
+    int64_t offset = 0;  // panels of the products before `product`
+    for (const Product& product : products) {
+      const int64_t begin = std::max(first, offset), end = std::min(last, offset + product.panels);
+      if (begin < end) Panels(xt.get(), m, k, product, begin - offset, end - offset);
+      offset += product.panels;
+    }
   });
   return ffi::Error::Success();
 }
@@ -116,5 +146,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RlhfPanelMatmul, PanelMatmul,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .RemainingArgs()
+                                  .RemainingRets());

@@ -20,7 +20,7 @@ sharding rule).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -50,16 +50,33 @@ def panel_matmul(x: jnp.ndarray, packed_pkl: jnp.ndarray, n: int) -> jnp.ndarray
 
     Call :func:`available` first: this emits the custom call unconditionally.
     """
-    if x.dtype != jnp.float32 or packed_pkl.dtype != jnp.float32:
-        raise TypeError(f"panel_matmul is float32 only; got x {x.dtype}, panels {packed_pkl.dtype}")
-    panels, k, lanes = packed_pkl.shape
-    if lanes != PANEL or x.shape[-1] != k or panels != -(-n // PANEL):
-        raise ValueError(f"panel_matmul: x {x.shape} and panels {packed_pkl.shape} do not make a "
-                         f"[..., {k}] × [{k}, {n}] product (panels must be [ceil(n/16), k, 16])")
+    return panel_matmuls(x, ((packed_pkl, n),))[0]
+
+
+def panel_matmuls(x: jnp.ndarray, weights: Sequence[Tuple[jnp.ndarray, int]]) -> list:
+    """``[x · W_i for each (packed W_i, n_i) of weights]`` in one kernel call; float32.
+
+    One call transposes ``x`` once and splits the panels of every product
+    between the threads together, which beats a call per product when the
+    products are small (a decode step's q/k/v, or gate and up). Call
+    :func:`available` first.
+    """
+    k = x.shape[-1]
+    for packed_pkl, n in weights:
+        if x.dtype != jnp.float32 or packed_pkl.dtype != jnp.float32:
+            raise TypeError(f"panel_matmul is float32 only; got x {x.dtype}, panels "
+                            f"{packed_pkl.dtype}")
+        panels, rows, lanes = packed_pkl.shape
+        if lanes != PANEL or rows != k or panels != -(-n // PANEL):
+            raise ValueError(f"panel_matmul: x {x.shape} and panels {packed_pkl.shape} do not make "
+                             f"a [..., {k}] × [{k}, {n}] product (panels must be "
+                             "[ceil(n/16), k, 16])")
     lead = x.shape[:-1]
     x_mk = x.reshape(-1, k)
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x_mk.shape[0], n), jnp.float32))
-    return call(x_mk, packed_pkl).reshape(*lead, n)
+    call = jax.ffi.ffi_call(TARGET, [jax.ShapeDtypeStruct((x_mk.shape[0], n), jnp.float32)
+                                     for _, n in weights])
+    outputs = call(x_mk, *(packed_pkl for packed_pkl, _ in weights))
+    return [y.reshape(*lead, n) for y, (_, n) in zip(outputs, weights)]
 
 
 def available() -> bool:
@@ -72,5 +89,5 @@ def unavailable_reason() -> Optional[str]:
     return build.register("panel_matmul", ((TARGET, "RlhfPanelMatmul"),))
 
 
-__all__ = ["PANEL", "available", "pack_panels", "panel_matmul", "unavailable_reason",
-           "unpack_panels"]
+__all__ = ["PANEL", "available", "pack_panels", "panel_matmul", "panel_matmuls",
+           "unavailable_reason", "unpack_panels"]

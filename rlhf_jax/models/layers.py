@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.kernels import decode_attention
-from rlhf_jax.kernels.panel_matmul import PANEL, panel_matmul
+from rlhf_jax.kernels.panel_matmul import PANEL, panel_matmuls
 from rlhf_jax.models.config import DecoderConfig
 
 _INIT_STD = 0.02
@@ -50,10 +50,20 @@ def linear(config: DecoderConfig, x, w, n_out: int):
     on every call; the 2-D reshape is free and keeps it in place. Panels run
     :func:`rlhf_jax.kernels.panel_matmul.panel_matmul`.
     """
-    w = w.astype(config.compute_dtype)
+    return linears(config, x, ((w, n_out),))[0]
+
+
+def linears(config: DecoderConfig, x, weights):
+    """``[x · W for (W, n_out) in weights]``: several :func:`linear` of the same input.
+
+    With panels they run as one kernel call (``x`` transposed once, all the
+    panels split between the threads together: a decode step's q/k/v or
+    gate/up are each too small to keep the threads busy alone).
+    """
+    weights = [(w.astype(config.compute_dtype), n_out) for w, n_out in weights]
     if config.cpu_kernels:
-        return panel_matmul(x, w, n_out)
-    return jnp.dot(x, w.reshape(-1, n_out))
+        return panel_matmuls(x, weights)
+    return [jnp.dot(x, w.reshape(-1, n_out)) for w, n_out in weights]
 
 
 def _constrain(x, axes):
@@ -146,9 +156,8 @@ class Attention(nn.Module):
         wk = _weight(self, "k_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wv = _weight(self, "v_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wo = _weight(self, "o_proj", ("heads", "head_dim", "embed"), (h, d, e), n_in=2)
-        q = linear(cfg, x_bte, wq, h * d).reshape(b, t, h, d)
-        key = linear(cfg, x_bte, wk, k * d).reshape(b, t, k, d)
-        val = linear(cfg, x_bte, wv, k * d).reshape(b, t, k, d)
+        q, key, val = linears(cfg, x_bte, ((wq, h * d), (wk, k * d), (wv, k * d)))
+        q, key, val = q.reshape(b, t, h, d), key.reshape(b, t, k, d), val.reshape(b, t, k, d)
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + _param(self, "q_bias", ("heads", "head_dim"), (h, d), zeros).astype(dt)
@@ -253,16 +262,18 @@ class MLP(nn.Module):
         e, f, dt = cfg.hidden_size, cfg.intermediate_size, cfg.compute_dtype
         act = _ACTIVATIONS[cfg.activation]
         zeros = nn.initializers.zeros
-        up = linear(cfg, x_bte, _weight(self, "up_proj", ("embed", "mlp"), (e, f)), f)
-        if cfg.mlp_bias:
-            up = up + _param(self, "up_bias", ("mlp",), (f,), zeros).astype(dt)
+        projections = [("up", "up_proj", "up_bias")]
         if cfg.mlp == "gated":
-            gate = linear(cfg, x_bte, _weight(self, "gate_proj", ("embed", "mlp"), (e, f)), f)
+            projections.append(("gate", "gate_proj", "gate_bias"))
+        weights, biases = [], {}
+        for role, name, bias_name in projections:
+            weights.append((_weight(self, name, ("embed", "mlp"), (e, f)), f))
             if cfg.mlp_bias:
-                gate = gate + _param(self, "gate_bias", ("mlp",), (f,), zeros).astype(dt)
-            hidden = act(gate) * up
-        else:
-            hidden = act(up)
+                biases[role] = _param(self, bias_name, ("mlp",), (f,), zeros).astype(dt)
+        out = dict(zip((role for role, _, _ in projections), linears(cfg, x_bte, weights)))
+        for role, bias in biases.items():
+            out[role] = out[role] + bias
+        hidden = act(out["gate"]) * out["up"] if cfg.mlp == "gated" else act(out["up"])
         hidden = _constrain(hidden, ("batch", "length", "act_mlp"))
         y = linear(cfg, hidden, _weight(self, "down_proj", ("mlp", "embed"), (f, e)), e)
         if cfg.mlp_bias:
