@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.kernels.panel_matmul import pack_panels
 from rlhf_jax.models.config import DecoderConfig
-from rlhf_jax.models.layers import Block, Norm, _constrain, _weight, linear
+from rlhf_jax.models.layers import Block, Norm, _constrain, _weight, linear, rope_table
 
 
 @flax.struct.dataclass
@@ -114,13 +114,13 @@ class Decoder(nn.Module):
             self.blocks = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.norm = Norm(cfg)
 
-    def _run_layers(self, x, positions_bt, key_mask_bs, cache_index, layer_kv):
+    def _run_layers(self, x, rope, key_mask_bs, cache_index, layer_kv):
         if self.config.scan_layers:
-            return self.layers(x, positions_bt, key_mask_bs, cache_index, layer_kv)
+            return self.layers(x, rope, key_mask_bs, cache_index, layer_kv)
         new_k, new_v = [], []
         for i, blk in enumerate(self.blocks):
             kv_i = None if layer_kv is None else (layer_kv[0][i], layer_kv[1][i])
-            x, kv_i = blk(x, positions_bt, key_mask_bs, cache_index, kv_i)
+            x, kv_i = blk(x, rope, key_mask_bs, cache_index, kv_i)
             if kv_i is not None:
                 new_k.append(kv_i[0])
                 new_v.append(kv_i[1])
@@ -144,7 +144,8 @@ class Decoder(nn.Module):
         if self.config.position == "learned":
             x = x + self.embed_positions(positions_bt)
         x = _constrain(x, ("batch", "length", "act_embed"))
-        x, layer_kv = self._run_layers(x, positions_bt, key_mask_bs, cache_index, layer_kv)
+        x, layer_kv = self._run_layers(x, rope_table(self.config, positions_bt), key_mask_bs,
+                                       cache_index, layer_kv)
         x = self.norm(x)
         if cache is not None:
             cache = KVCache(k=layer_kv[0], v=layer_kv[1], mask=key_mask_bs, index=cache.index + t)
