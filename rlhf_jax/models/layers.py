@@ -281,18 +281,17 @@ class MLP(nn.Module):
         e, f, dt = cfg.hidden_size, cfg.intermediate_size, cfg.compute_dtype
         act = _ACTIVATIONS[cfg.activation]
         zeros = nn.initializers.zeros
-        projections = [("up", "up_proj", "up_bias")]
+
+        def bias(name):
+            return _param(self, name, ("mlp",), (f,), zeros).astype(dt) if cfg.mlp_bias else 0.0
+
+        w_up, b_up = _weight(self, "up_proj", ("embed", "mlp"), (e, f)), bias("up_bias")
         if cfg.mlp == "gated":
-            projections.append(("gate", "gate_proj", "gate_bias"))
-        weights, biases = [], {}
-        for role, name, bias_name in projections:
-            weights.append((_weight(self, name, ("embed", "mlp"), (e, f)), f))
-            if cfg.mlp_bias:
-                biases[role] = _param(self, bias_name, ("mlp",), (f,), zeros).astype(dt)
-        out = dict(zip((role for role, _, _ in projections), linears(cfg, x_bte, weights)))
-        for role, bias in biases.items():
-            out[role] = out[role] + bias
-        hidden = act(out["gate"]) * out["up"] if cfg.mlp == "gated" else act(out["up"])
+            w_gate, b_gate = _weight(self, "gate_proj", ("embed", "mlp"), (e, f)), bias("gate_bias")
+            up, gate = linears(cfg, x_bte, ((w_up, f), (w_gate, f)))  # one kernel call on CPU
+            hidden = act(gate + b_gate) * (up + b_up)
+        else:
+            hidden = act(linear(cfg, x_bte, w_up, f) + b_up)
         hidden = _constrain(hidden, ("batch", "length", "act_mlp"))
         y = linear(cfg, hidden, _weight(self, "down_proj", ("mlp", "embed"), (f, e)), e)
         if cfg.mlp_bias:
