@@ -71,6 +71,36 @@ def test_matches_the_xla_path_of_the_model():
     np.testing.assert_allclose(np.asarray(ours).reshape(b, 1, k * g, d), np.asarray(xla), atol=1e-5)
 
 
+@needs_kernel
+@pytest.mark.parametrize("slot", [0, 9, 23, 40])  # 40: past the end, clamped like XLA's update
+def test_updating_the_cache_equals_an_update_then_attention(slot):
+    """In a loop-carried cache (updated in place) as in a decode loop: the same caches as
+    ``dynamic_update_slice`` and the same output as attending to the updated caches."""
+    b, k, g, d, s = 3, 2, 3, 16, 24
+    rng = np.random.default_rng(slot)
+    q, keys, values, allowed = _inputs(rng, b, k, g, d, s)
+    new_k = rng.standard_normal((b, k, d)).astype(np.float32)
+    new_v = rng.standard_normal((b, k, d)).astype(np.float32)
+
+    @jax.jit
+    def twice(keys, values):  # two steps through a fori_loop carrying the cache
+        def step(i, carry):
+            _, keys, values = carry
+            return da.decode_attention_updating_cache(q, new_k + i, new_v - i, slot, keys, values,
+                                                      allowed)
+        return jax.lax.fori_loop(0, 2, step, (jnp.zeros(q.shape), keys, values))
+
+    out, got_k, got_v = twice(jnp.asarray(keys), jnp.asarray(values))
+    at = min(slot, s - 1)
+    want_k, want_v = keys.copy(), values.copy()
+    want_k[:, :, :, at] = new_k + 1
+    want_v[:, :, at, :] = new_v - 1
+    np.testing.assert_array_equal(np.asarray(got_k), want_k)
+    np.testing.assert_array_equal(np.asarray(got_v), want_v)
+    np.testing.assert_allclose(np.asarray(out), numpy_attention(q, want_k, want_v, allowed),
+                               rtol=0, atol=1e-5)
+
+
 def test_bad_shapes_and_dtypes_are_named():
     q = jnp.zeros((2, 1, 1, 4), jnp.float32)
     keys = jnp.zeros((2, 1, 4, 6), jnp.float32)
@@ -81,3 +111,6 @@ def test_bad_shapes_and_dtypes_are_named():
         da.decode_attention(q, keys, values[:, :, :5], jnp.ones((2, 6), bool))
     with pytest.raises(TypeError, match="float32"):
         da.decode_attention(q.astype(jnp.bfloat16), keys, values, jnp.ones((2, 6), bool))
+    with pytest.raises(ValueError, match=r"new values \(2, 1, 3\)"):
+        da.decode_attention_updating_cache(q, jnp.zeros((2, 1, 4)), jnp.zeros((2, 1, 3)), 0, keys,
+                                           values, jnp.ones((2, 6), bool))

@@ -3,8 +3,9 @@
 //                     · values[b, k, s, :]
 // with the cache layouts of rlhf_jax.models.layers (keys [b, k, d, s], values
 // [b, k, s, d]). Slots with allowed == 0 get the lowest float32 score, as in
-// layers._attend, so a row with no allowed slot averages every slot. See
-// rlhf_jax/kernels/decode_attention.py.
+// layers._attend, so a row with no allowed slot averages every slot. A second
+// entry point first writes the step's key and value into the cache, in place.
+// See rlhf_jax/kernels/decode_attention.py.
 //
 // Why: XLA:CPU runs the b·k tiny products of a decode step one library call
 // (or one single-threaded fusion) at a time; here each (b, k) pair streams
@@ -152,38 +153,87 @@ void AttendOnePair(const Shapes& n, const float* q, const float* keys, const flo
   }
 }
 
-ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
-                           ffi::Buffer<ffi::F32> keys, ffi::Buffer<ffi::F32> values,
-                           ffi::Buffer<ffi::S32> allowed, ffi::ResultBuffer<ffi::F32> out) {
+// Checks the shapes; on success fills `n`.
+ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& keys,
+                       const ffi::Buffer<ffi::F32>& values, const ffi::Buffer<ffi::S32>& allowed,
+                       const ffi::Buffer<ffi::F32>& out, Shapes& n) {
   auto qd = q.dimensions();
   auto kd = keys.dimensions();
   auto vd = values.dimensions();
   auto ad = allowed.dimensions();
-  auto od = out->dimensions();
+  auto od = out.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || ad.size() != 2 || od.size() != 4 ||
       od[0] != qd[0] || od[1] != qd[1] || od[2] != qd[2] || od[3] != qd[3]) {
     return ffi::Error::InvalidArgument("decode_attention: expected q [b, k, g, d], keys "
                                        "[b, k, d, s], values [b, k, s, d], allowed [b, s], out [b, k, g, d]");
   }
-  const Shapes n{qd[0], qd[1], qd[2], qd[3], kd[3]};
+  n = Shapes{qd[0], qd[1], qd[2], qd[3], kd[3]};
   if (kd[0] != n.b || kd[1] != n.k || kd[2] != n.d || vd[0] != n.b || vd[1] != n.k ||
       vd[2] != n.s || vd[3] != n.d || ad[0] != n.b || ad[1] != n.s) {
     return ffi::Error::InvalidArgument("decode_attention: q, keys, values and allowed disagree "
                                        "on b, k, d or s");
   }
-  const float* qp = q.typed_data();
-  const float* kp = keys.typed_data();
-  const float* vp = values.typed_data();
-  const int32_t* ap = allowed.typed_data();
-  float* op = out->typed_data();
+  return ffi::Error::Success();
+}
+
+// Attention of every (row, kv head) pair, split between the threads; `write`
+// runs first for each pair (storing the step's key and value in the cache).
+template <typename Write>
+void AttendAllPairs(ffi::ThreadPool& pool, const Shapes& n, const float* q, const float* keys,
+                    const float* values, const int32_t* allowed, float* out, Write write) {
   const bool parallel = n.b * n.k * n.g * n.d * n.s >= (1 << 15);
   rlhf_jax::ParallelFor(pool, n.b * n.k, parallel, [&](int64_t first, int64_t last) {
     std::vector<float> scores;
     std::vector<int32_t> keep;
     for (int64_t pair = first; pair < last; ++pair) {
-      AttendOnePair(n, qp, kp, vp, ap, op, pair / n.k, pair % n.k, scores, keep);
+      write(pair);
+      AttendOnePair(n, q, keys, values, allowed, out, pair / n.k, pair % n.k, scores, keep);
     }
   });
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                           ffi::Buffer<ffi::F32> keys, ffi::Buffer<ffi::F32> values,
+                           ffi::Buffer<ffi::S32> allowed, ffi::ResultBuffer<ffi::F32> out) {
+  Shapes n;
+  if (auto error = CheckShapes(q, keys, values, allowed, *out, n); error.failure()) return error;
+  AttendAllPairs(pool, n, q.typed_data(), keys.typed_data(), values.typed_data(),
+                 allowed.typed_data(), out->typed_data(), [](int64_t) {});
+  return ffi::Error::Success();
+}
+
+// The same after writing this step's key and value (new_keys/new_values
+// [b, k, d]) at cache slot `slot`, in place: the cache outputs alias the inputs.
+ffi::Error DecodeAttentionUpdatingCache(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> new_keys,
+    ffi::Buffer<ffi::F32> new_values, ffi::Buffer<ffi::S32> slot, ffi::Buffer<ffi::F32> keys,
+    ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> allowed, ffi::ResultBuffer<ffi::F32> out,
+    ffi::ResultBuffer<ffi::F32> keys_out, ffi::ResultBuffer<ffi::F32> values_out) {
+  Shapes n;
+  if (auto error = CheckShapes(q, keys, values, allowed, *out, n); error.failure()) return error;
+  auto nk = new_keys.dimensions();
+  auto nv = new_values.dimensions();
+  if (nk.size() != 3 || nv.size() != 3 || nk[0] != n.b || nk[1] != n.k || nk[2] != n.d ||
+      nv[0] != n.b || nv[1] != n.k || nv[2] != n.d || slot.element_count() != 1 ||
+      keys_out->typed_data() != keys.typed_data() ||
+      values_out->typed_data() != values.typed_data()) {
+    return ffi::Error::InvalidArgument(
+        "decode_attention: expected new keys and values [b, k, d], one slot, and cache outputs "
+        "aliasing the cache inputs");
+  }
+  const int64_t at = std::clamp<int64_t>(slot.typed_data()[0], 0, n.s - 1);  // as XLA's update
+  float* k_cache = keys_out->typed_data();
+  float* v_cache = values_out->typed_data();
+  const float* k_new = new_keys.typed_data();
+  const float* v_new = new_values.typed_data();
+  AttendAllPairs(pool, n, q.typed_data(), k_cache, v_cache, allowed.typed_data(),
+                 out->typed_data(), [&](int64_t pair) {
+                   for (int64_t dd = 0; dd < n.d; ++dd) {
+                     k_cache[(pair * n.d + dd) * n.s + at] = k_new[pair * n.d + dd];
+                   }
+                   std::copy(v_new + pair * n.d, v_new + (pair + 1) * n.d,
+                             v_cache + (pair * n.s + at) * n.d);
+                 });
   return ffi::Error::Success();
 }
 
@@ -196,4 +246,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RlhfDecodeAttention, DecodeAttention,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RlhfDecodeAttentionUpdatingCache, DecodeAttentionUpdatingCache,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -188,26 +188,13 @@ class Attention(nn.Module):
             q, key = apply_rope(q, rope), apply_rope(key, rope)
         q = _constrain(q, ("batch", "length", "act_heads", "head_dim"))
 
-        key_bkds = key.transpose(0, 2, 3, 1)  # cache layout: keys transposed, slots minor
-        val_bksd = jnp.swapaxes(val, 1, 2)
-        if layer_kv is None:
-            keys, values = key_bkds, val_bksd
-            query_slots = jnp.arange(t)
+        one_query_kernel = cfg.cpu_kernels and t == 1 and decode_attention.available()
+        if layer_kv is not None and one_query_kernel and layer_kv[0].dtype == jnp.float32:
+            out, layer_kv = _attend_one_query_on_cpu(q, key, val, layer_kv, key_mask_bs,
+                                                     cache_index)
         else:
-            k_cache, v_cache = layer_kv
-            keys = jax.lax.dynamic_update_slice(
-                k_cache, key_bkds.astype(k_cache.dtype), (0, 0, 0, cache_index))
-            values = jax.lax.dynamic_update_slice(
-                v_cache, val_bksd.astype(v_cache.dtype), (0, 0, cache_index, 0))
-            keys = _constrain(keys, ("batch", "act_kv_heads", "head_dim", "cache_length"))
-            values = _constrain(values, ("batch", "act_kv_heads", "cache_length", "head_dim"))
-            layer_kv = (keys, values)
-            query_slots = cache_index + jnp.arange(t)
-        if cfg.cpu_kernels and t == 1 and decode_attention.available():
-            out = _attend_one_query_on_cpu(q, keys.astype(dt), values.astype(dt), key_mask_bs,
-                                           query_slots)
-        else:
-            out = _attend(q, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots)
+            out, layer_kv = _cache_and_attend(q, key, val, layer_kv, key_mask_bs, cache_index,
+                                              one_query_kernel)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
         y = linear(cfg, out.reshape(b, t, h * d), wo, e)
         if cfg.out_bias:
@@ -252,14 +239,56 @@ def _attend(q_bthd, k_bkds, v_bksd, key_mask_bs, query_slots_t):
     return out.reshape(b, k, t, g, d).transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
 
 
-def _attend_one_query_on_cpu(q_b1hd, k_bkds, v_bksd, key_mask_bs, query_slots_1):
-    """:func:`_attend` for a decode step (``t == 1``) by :mod:`rlhf_jax.kernels.decode_attention`."""
+def _cache_and_attend(q_bthd, key_btkd, val_btkd, layer_kv, key_mask_bs, cache_index,
+                      one_query_kernel: bool):
+    """This call's keys and values written into ``layer_kv`` (if any), then :func:`_attend`.
+
+    ``one_query_kernel`` runs a single query without a cache on the
+    decode-attention kernel instead of ``_attend``.
+    """
+    t = q_bthd.shape[1]
+    dt = q_bthd.dtype
+    key_bkds = key_btkd.transpose(0, 2, 3, 1)  # cache layout: keys transposed, slots minor
+    val_bksd = jnp.swapaxes(val_btkd, 1, 2)
+    if layer_kv is None:
+        keys, values = key_bkds, val_bksd
+        query_slots = jnp.arange(t)
+    else:
+        k_cache, v_cache = layer_kv
+        keys = jax.lax.dynamic_update_slice(
+            k_cache, key_bkds.astype(k_cache.dtype), (0, 0, 0, cache_index))
+        values = jax.lax.dynamic_update_slice(
+            v_cache, val_bksd.astype(v_cache.dtype), (0, 0, cache_index, 0))
+        keys = _constrain(keys, ("batch", "act_kv_heads", "head_dim", "cache_length"))
+        values = _constrain(values, ("batch", "act_kv_heads", "cache_length", "head_dim"))
+        layer_kv = (keys, values)
+        query_slots = cache_index + jnp.arange(t)
+    if one_query_kernel:
+        b, _, h, d = q_bthd.shape
+        k, s = keys.shape[1], keys.shape[3]
+        allowed_bs = (jnp.arange(s)[None, :] <= query_slots[0]) & key_mask_bs.astype(bool)
+        out = decode_attention.decode_attention(q_bthd.reshape(b, k, h // k, d), keys.astype(dt),
+                                                values.astype(dt), allowed_bs)
+        return out.reshape(b, 1, h, d), layer_kv
+    return _attend(q_bthd, keys.astype(dt), values.astype(dt), key_mask_bs, query_slots), layer_kv
+
+
+def _attend_one_query_on_cpu(q_b1hd, key_b1kd, val_b1kd, layer_kv, key_mask_bs, cache_index):
+    """:func:`_cache_and_attend` for a decode step (``t == 1``) as one decode-attention kernel call.
+
+    The kernel writes this step's key and value into the float32 cache in
+    place (:func:`rlhf_jax.kernels.decode_attention.decode_attention_updating_cache`):
+    XLA's separate cache updates cost ~15 µs each per layer, the transposed key
+    column touching a cache line per (row, head, dim).
+    """
     b, _, h, d = q_b1hd.shape
-    k, s = k_bkds.shape[1], k_bkds.shape[3]
-    allowed_bs = (jnp.arange(s)[None, :] <= query_slots_1[0]) & key_mask_bs.astype(bool)
-    out = decode_attention.decode_attention(q_b1hd.reshape(b, k, h // k, d), k_bkds, v_bksd,
-                                            allowed_bs)
-    return out.reshape(b, 1, h, d)
+    k_cache, v_cache = layer_kv
+    k, s = k_cache.shape[1], k_cache.shape[3]
+    allowed_bs = (jnp.arange(s)[None, :] <= cache_index) & key_mask_bs.astype(bool)
+    out, keys, values = decode_attention.decode_attention_updating_cache(
+        q_b1hd.reshape(b, k, h // k, d), key_b1kd.reshape(b, k, d), val_b1kd.reshape(b, k, d),
+        cache_index, k_cache, v_cache, allowed_bs)
+    return out.reshape(b, 1, h, d), (keys, values)
 
 
 _ACTIVATIONS = {
