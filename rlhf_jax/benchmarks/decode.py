@@ -408,8 +408,8 @@ def run_in_subprocess(worker: str, checkpoint: str, args, env: dict) -> dict:
             return json.load(f)
 
 
-def model_rows(label: str, checkpoint: str, args, limits: tuple, ours_env: dict) -> list:
-    """All rows of one model: each framework timed in its own process, then compared.
+def time_model(label: str, checkpoint: str, args, ours_env: dict) -> dict:
+    """One model's timings: each framework in its own process.
 
     With ``--rounds R`` the two processes alternate ``R`` times (ours, transformers,
     ours, …) and each timing is the median over rounds, so that both frameworks
@@ -422,16 +422,22 @@ def model_rows(label: str, checkpoint: str, args, limits: tuple, ours_env: dict)
         if args.without_cpu_kernels:
             xla_runs.append(run_in_subprocess("ours", checkpoint, args,
                                               {**ours_env, "RLHF_JAX_CPU_KERNELS": "0"}))
-    ours, hf = median_over_rounds(ours_runs), median_over_rounds(hf_runs)
-    xla = median_over_rounds(xla_runs) if xla_runs else None
-    cfg = decoder_config(checkpoint)
+    print(f"timed {label}", file=sys.stderr, flush=True)
+    return {"label": label, "cfg": decoder_config(checkpoint), "ours": median_over_rounds(ours_runs),
+            "hf": median_over_rounds(hf_runs),
+            "xla": median_over_rounds(xla_runs) if xla_runs else None}
+
+
+def model_rows(timing: dict, args, limits: tuple) -> list:
+    """The table rows of one model's :func:`time_model` result against the machine's limits."""
+    ours, hf, xla = timing["ours"], timing["hf"], timing["xla"]
     rows = []
     for batch in args.batches:
         o, h = ours["cases"][str(batch)], hf["cases"][str(batch)]
-        rows.append(compare(label, cfg, batch, o, h, ours["weight_bytes"], args, limits))
+        rows.append(compare(timing["label"], timing["cfg"], batch, o, h, ours["weight_bytes"], args,
+                            limits))
         rows[-1]["ours_xla_only_decode_tok_s"] = (
             None if xla is None else batch * (args.new_tokens - 1) / xla["cases"][str(batch)]["decode_s"])
-        print(format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -532,7 +538,7 @@ def format_header(env: dict) -> str:
         f"1-min load average at start {env['load_average_1min']:.2f}",
         f"measured: memory bandwidth {env['bandwidth_GB_s']:.1f} GB/s (reading 512 MiB of f32), "
         f"matmul {env['matmul_GFLOP_s']:.1f} GFLOP/s (f32 {MATMUL_SIZE}²); each the fastest of 5 runs, "
-        "the best of jitted JAX with XLA's default flags, with ours (sum, and the panel matmul "
+        "measured before and after the cases (the higher of the two), the best of jitted JAX with XLA's default flags, with ours (sum, and the panel matmul "
         "kernel at one row), and torch on all cores",
         f"XLA_FLAGS for ours: {env['xla_flags'] or '(defaults)'}",
         f"cases: {env['sampling']} {env['sampling_settings']}, float32, prompt {env['prompt_len']} "
@@ -591,14 +597,15 @@ def main(argv=None) -> list:
             json.dump(run_worker(args), f)
         return []
     ours_env = ours_environment(args)
-    limits = machine_limits(ours_env)
-    env = environment(args, *limits, ours_env["XLA_FLAGS"])
-    print(format_header(env), flush=True)
-    rows = []
+    before = machine_limits(ours_env)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            label, checkpoint = checkpoint_for(name, tmp)
-            rows += model_rows(label, checkpoint, args, limits, ours_env)
+        timings = [time_model(*checkpoint_for(name, tmp), args, ours_env) for name in args.models]
+    after = machine_limits(ours_env)
+    limits = (max(before[0], after[0]), max(before[1], after[1]))
+    env = environment(args, *limits, ours_env["XLA_FLAGS"])
+    env["limits_before_and_after"] = [before, after]
+    print(format_header(env), flush=True)
+    rows = [row for timing in timings for row in model_rows(timing, args, limits)]
     print("\n" + format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
