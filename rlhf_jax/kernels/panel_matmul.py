@@ -8,7 +8,7 @@ custom call) keeps up to 16 rows of ``x`` in registers while each panel
 ``P[p] = W[:, 16p : 16p + 16]`` (stored contiguously, ``[k, 16]``) streams
 through once, and splits the panels between the threads of XLA's intra-op pool.
 With it (and :mod:`rlhf_jax.kernels.decode_attention`) SmolLM2-135M's greedy
-decode at batch 16 runs at ~320–380 tok/s against ~205–215 with XLA's own ops
+decode at batch 16 runs at ~430–470 tok/s against ~215–230 with XLA's own ops
 on 2 cores (``python -m rlhf_jax.benchmarks.decode --without-cpu-kernels``).
 
 The kernel is compiled on first use (:mod:`rlhf_jax.kernels.build`). Where
