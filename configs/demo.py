@@ -33,5 +33,5 @@ def get_config():
         "with_bal": True, "eval_prompts": 64, "eval_seed": 123, "samples_per_prompt": 4,
         "max_new_tokens": 40, "temperature": 0.9, "top_p": 0.9, "repetition_penalty": 1.2,
         "batch_size": 32, "seed": 0, "rm_template": "{prompt} {response}", "rm_buckets": (48, 96),
-        "bin_width": 4, "bin_max_length": 44, "prompt_bucket": 8, "judge": "gold"})
+        "bin_width": 4, "bin_max_length": 44, "nrg_normalizer": "all_binned", "prompt_bucket": 8, "judge": "gold"})
     return config

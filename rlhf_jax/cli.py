@@ -144,6 +144,7 @@ def cmd_analyze(args) -> int:
     summary = analyze({k: read_jsonl(v) for k, v in samples.items()}, args.out,
                       baseline=args.baseline or next(iter(samples)),
                       bin_width=args.bin_width, max_length=args.max_length,
+                      nrg_normalizer=args.nrg_normalizer,
                       curves={k: read_jsonl(v) for k, v in curves.items()},
                       reward_models=dict(_named_path(r) for r in (args.reward_model or [])))
     for g in summary["gains"]:
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="study config, e.g. configs/demo.py")
     run.add_argument("--workdir", default="runs/demo")
     run.set_defaults(func=cmd_run)
+    from rlhf_jax.analysis.length import NRG_NORMALIZERS
     ana = sub.add_parser("analyze", help="length analysis and report over scored samples")
     ana.add_argument("--samples", action="append", required=True, help="NAME=FILE.jsonl (repeat)")
     ana.add_argument("--baseline", help="the policy others are compared with (default: the first)")
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--out", required=True)
     ana.add_argument("--bin-width", type=int, default=20)
     ana.add_argument("--max-length", type=int, default=260)
+    ana.add_argument("--nrg-normalizer", choices=sorted(NRG_NORMALIZERS), default="all_binned",
+                     help="NRG's N: all binned samples (the paper's code) or those in shared bins")
     ana.set_defaults(func=cmd_analyze)
     ev = sub.add_parser("evaluate", help="pairwise win rate of policy A against B")
     ev.add_argument("--a", required=True, help="samples JSONL of policy A")

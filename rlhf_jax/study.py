@@ -158,6 +158,7 @@ def run_study(config, workdir: str) -> dict:
                   "length-controlled": w["lc_win_rate"]} for w in wins]
     report = analyze(samples, stage("report"), baseline="sft", curves=curves,
                      bin_width=config.study.bin_width, max_length=config.study.bin_max_length,
+                     nrg_normalizer=config.study.nrg_normalizer,
                      reward_models=rm_dirs,
                      extra_tables={f"Win rates against SFT, {judge} judge": win_table})
     summary = summary_table(samples, report, wins)

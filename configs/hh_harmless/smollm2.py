@@ -70,5 +70,5 @@ def get_config():
         "samples_per_prompt": 2, "max_new_tokens": 256, "temperature": 0.9, "top_p": 0.9,
         "repetition_penalty": 1.2, "batch_size": 16, "seed": 0, "prompt_bucket": 32,
         "rm_template": "{prompt} {response}", "rm_buckets": (128, 256, 384),
-        "bin_width": 20, "bin_max_length": 260, "judge": "score"})
+        "bin_width": 20, "bin_max_length": 260, "nrg_normalizer": "all_binned", "judge": "score"})
     return config

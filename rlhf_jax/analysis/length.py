@@ -10,12 +10,17 @@
 
       NRG = Σ_k (R̄_b,k − R̄_a,k) · (n_a,k + n_b,k) / N
 
-  over bins where both policies have samples, ``N`` = the samples in those bins;
-  ``ΔR`` = mean(R_b) − mean(R_a) over all samples; ``ratio = NRG / ΔR``. A ratio near
-  0 means the gain is all "moving to longer bins", near 1 that every length gained.
-  Bins are ``bin_width`` wide over ``[0, max_length)``; with ``strict=True`` (the
-  paper's code) both bounds are strict, so a length exactly on a bin edge falls in
-  no bin.
+  summed over the bins ``k`` where both policies have samples. ``N`` is chosen by
+  name (:data:`NRG_NORMALIZERS`): ``"all_binned"`` (the default, the paper's
+  ``plot_utils.fancyscatter``: ``tval`` = every binned sample of both policies,
+  shared bin or not) or ``"shared_bins"`` (only the samples in the shared bins,
+  which makes the weights sum to 1 but overstates NRG when PPO moves samples into
+  bins the baseline never reaches). The two agree only when every occupied bin is
+  shared. ``ΔR`` = mean(R_b) − mean(R_a) over all samples; ``ratio = NRG / ΔR``. A
+  ratio near 0 means the gain is all "moving to longer bins", near 1 that every
+  length gained. Bins are ``bin_width`` wide over ``[0, max_length)``; with
+  ``strict=True`` (the paper's code) both bounds are strict, so a length exactly on
+  a bin edge falls in no bin.
 """
 
 from __future__ import annotations
@@ -71,16 +76,34 @@ def length_bins(lengths: np.ndarray, bin_width: int, max_length: int, strict: bo
     return np.where(inside, index, -1)
 
 
+def all_binned_samples(table: list) -> int:
+    """The paper's NRG normaliser (``fancyscatter``'s ``tval``): every binned sample of both policies."""
+    return sum(row["n_a"] + row["n_b"] for row in table)
+
+
+def shared_bin_samples(table: list) -> int:
+    """The samples of both policies in the bins that hold both (weights summing to 1)."""
+    return sum(row["n_a"] + row["n_b"] for row in table if row["n_a"] and row["n_b"])
+
+
+NRG_NORMALIZERS = {"all_binned": all_binned_samples, "shared_bins": shared_bin_samples}
+"""How NRG's ``N`` is counted, by name; ``all_binned`` is the paper's."""
+
+
 def weighted_reward_gain(lengths_a, rewards_a, lengths_b, rewards_b, bin_width: int = 20,
-                         max_length: int = 260, strict: bool = True) -> WeightedRewardGain:
+                         max_length: int = 260, strict: bool = True,
+                         normalizer: str = "all_binned") -> WeightedRewardGain:
     """NRG of policy ``b`` over ``a`` (Table 1's length-binned gain); see the module docstring."""
+    if normalizer not in NRG_NORMALIZERS:
+        raise ValueError(f"unknown NRG normalizer {normalizer!r}; expected one of "
+                         f"{sorted(NRG_NORMALIZERS)}")
     rewards_a = np.asarray(rewards_a, np.float64)
     rewards_b = np.asarray(rewards_b, np.float64)
     if len(rewards_a) == 0 or len(rewards_b) == 0:
         raise ValueError("weighted_reward_gain needs samples from both policies")
     bins_a = length_bins(lengths_a, bin_width, max_length, strict)
     bins_b = length_bins(lengths_b, bin_width, max_length, strict)
-    table, weighted, total = [], 0.0, 0
+    table, weighted, shared = [], 0.0, 0
     for k in range(int(np.ceil(max_length / bin_width))):
         in_a, in_b = rewards_a[bins_a == k], rewards_b[bins_b == k]
         row = {"low": k * bin_width, "high": min((k + 1) * bin_width, max_length),
@@ -90,11 +113,11 @@ def weighted_reward_gain(lengths_a, rewards_a, lengths_b, rewards_b, bin_width: 
         table.append(row)
         if len(in_a) and len(in_b):
             weighted += (in_b.mean() - in_a.mean()) * (len(in_a) + len(in_b))
-            total += len(in_a) + len(in_b)
-    if total == 0:
+            shared += 1
+    if shared == 0:
         raise ValueError("no length bin holds samples of both policies: NRG is undefined "
                          f"(bins of {bin_width} over [0, {max_length}))")
-    nrg = weighted / total
+    nrg = weighted / NRG_NORMALIZERS[normalizer](table)
     delta = float(rewards_b.mean() - rewards_a.mean())
     ratio = nrg / delta if delta != 0 else float("nan")
     return WeightedRewardGain(nrg=float(nrg), delta_r=delta, ratio=float(ratio), bins=table)

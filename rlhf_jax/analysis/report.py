@@ -55,6 +55,7 @@ def policy_row(name: str, rows: Sequence[dict]) -> dict:
 
 def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: str,
             bin_width: int = 20, max_length: int = 260, strict: bool = True,
+            nrg_normalizer: str = "all_binned",
             curves: Optional[Mapping[str, Sequence[dict]]] = None,
             reward_models: Optional[Mapping[str, str]] = None,
             extra_tables: Optional[Mapping[str, list]] = None) -> dict:
@@ -77,7 +78,8 @@ def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: st
             continue
         gain = weighted_reward_gain([r["length"] for r in base], [r["score"] for r in base],
                                     [r["length"] for r in rows], [r["score"] for r in rows],
-                                    bin_width=bin_width, max_length=max_length, strict=strict)
+                                    bin_width=bin_width, max_length=max_length, strict=strict,
+                                    normalizer=nrg_normalizer)
         gains.append({"policy": name, "vs": baseline, "delta_r": gain.delta_r, "nrg": gain.nrg,
                       "ratio": gain.ratio, "bins": gain.bins})
         figures.append((f"Binned reward gain, {baseline} → {name}", plots.binned_gain_arrows(
@@ -97,6 +99,7 @@ def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: st
         figures.append((f"Reward-model data map and length heuristic per confidence decile, {name}",
                         shutil.copy(png, os.path.join(out_dir, f"cartography_{_slug(name)}.png"))))
     summary = {"baseline": baseline, "bin_width": bin_width, "max_length": max_length,
+               "nrg_normalizer": nrg_normalizer,
                "policies": policies, "gains": gains, "reward_models": rm_rows,
                "cartography": rm_maps, "extra_tables": dict(extra_tables or {}),
                "figures": [{"title": t, "file": os.path.basename(p)} for t, p in figures]}

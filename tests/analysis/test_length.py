@@ -7,7 +7,53 @@ from scipy import stats
 from rlhf_jax.analysis import length_reward_correlation, weighted_reward_gain
 
 
+def paper_fancyscatter_nrg(la, ra, lb, rb, binsize=20, top=260):
+    """The paper's ``plot_utils.binscatter`` + ``fancyscatter`` (de0344a), re-derived over lists.
+
+    Bins ``(i, i + binsize)`` with both bounds strict; ``tval`` counts every binned
+    sample of both policies; the sum runs over bins holding both.
+    """
+    def binscatter(lengths, rewards):
+        means, counts = [], []
+        for i in range(0, top, binsize):
+            inside = [r for n, r in zip(lengths, rewards) if i < n < i + binsize]
+            means.append(np.mean(inside) if inside else None)
+            counts.append(len(inside) if inside else None)
+        return means, counts
+    sft, scv = binscatter(la, ra)
+    ppo, pcv = binscatter(lb, rb)
+    tval = sum(c for c in scv if c is not None) + sum(c for c in pcv if c is not None)
+    diffs = [(ppo[i] - sft[i]) * ((scv[i] + pcv[i]) / tval)
+             for i in range(len(sft)) if sft[i] is not None and ppo[i] is not None]
+    sp = np.mean(rb) - np.mean(ra)
+    return sum(diffs), sp, sum(diffs) / sp
+
+
+def test_nrg_default_is_the_paper_normaliser_on_mostly_disjoint_bins():
+    # PPO moved most samples into bins SFT never reaches: only two bins are shared.
+    rng = np.random.default_rng(3)
+    la = rng.integers(1, 60, 300)
+    lb = np.concatenate([rng.integers(41, 60, 40), rng.integers(61, 259, 260)])
+    ra, rb = la / 50 + rng.normal(size=300), lb / 50 + 0.5 + rng.normal(size=300)
+    got = weighted_reward_gain(la, ra, lb, rb)
+    nrg, delta, ratio = paper_fancyscatter_nrg(la.tolist(), ra.tolist(), lb.tolist(), rb.tolist())
+    assert got.nrg == pytest.approx(nrg, rel=1e-9)
+    assert got.delta_r == pytest.approx(delta, rel=1e-9)
+    assert got.ratio == pytest.approx(ratio, rel=1e-9)
+    # The shared-bins normaliser is the other convention: here it is several times larger.
+    shared = weighted_reward_gain(la, ra, lb, rb, normalizer="shared_bins")
+    nrg_shared, _, _ = loop_nrg(la.tolist(), ra.tolist(), lb.tolist(), rb.tolist())
+    assert shared.nrg == pytest.approx(nrg_shared, rel=1e-9)
+    assert abs(shared.nrg) > 2 * abs(got.nrg)
+
+
+def test_unknown_nrg_normalizer_is_named():
+    with pytest.raises(ValueError, match="unknown NRG normalizer 'tval'"):
+        weighted_reward_gain([5], [1.0], [5], [2.0], normalizer="tval")
+
+
 def loop_nrg(la, ra, lb, rb, width=20, top=260, strict=True):
+    """NRG normalised by the samples of the shared bins only (``normalizer="shared_bins"``)."""
     num, den = 0.0, 0
     for lo in range(0, top, width):
         hi = lo + width
@@ -23,11 +69,11 @@ def loop_nrg(la, ra, lb, rb, width=20, top=260, strict=True):
 
 
 @pytest.mark.parametrize("strict", [True, False])
-def test_nrg_matches_a_plain_loop(strict):
+def test_shared_bins_nrg_matches_a_plain_loop(strict):
     rng = np.random.default_rng(0)
     la, lb = rng.integers(0, 300, 400), rng.integers(20, 300, 400)
     ra, rb = la / 100 + rng.normal(size=400), lb / 100 + 0.3 + rng.normal(size=400)
-    got = weighted_reward_gain(la, ra, lb, rb, strict=strict)
+    got = weighted_reward_gain(la, ra, lb, rb, strict=strict, normalizer="shared_bins")
     nrg, delta, ratio = loop_nrg(la.tolist(), ra.tolist(), lb.tolist(), rb.tolist(), strict=strict)
     assert got.nrg == pytest.approx(nrg, rel=1e-9)
     assert got.delta_r == pytest.approx(delta, rel=1e-9)
