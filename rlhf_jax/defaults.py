@@ -47,8 +47,9 @@ def mesh_spec(data: int = -1, fsdp: int = 1, tensor: int = 1) -> mlc.ConfigDict:
 
 def reward_model_section() -> mlc.ConfigDict:
     return mlc.ConfigDict({
-        "lr": 2e-5, "warmup_steps": 0, "epochs": 1, "batch_size": 8, "eval_batch_size": 16,
-        "accum_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "lr": 2e-5, "lr_schedule": "linear", "warmup_steps": 0, "epochs": 1, "batch_size": 8,
+        "eval_batch_size": 16, "accum_steps": 1, "weight_decay": 0.0,
+        "max_grad_norm": 1.0,      # HF Trainer's default, as the paper's train_rm.py ran it (≤ 0: off)
         "margin": 0.0, "center_coef": 0.0, "append_eos": True,
         "log_every": 10, "eval_every": 200,
         "intervention": "none",    # none | bal | rda | ctr (Table 4)
@@ -64,8 +65,9 @@ def reward_model_section() -> mlc.ConfigDict:
 
 def sft_section() -> mlc.ConfigDict:
     return mlc.ConfigDict({
-        "lr": 1e-4, "warmup_steps": 0, "epochs": 1, "batch_size": 8, "eval_batch_size": 16,
-        "accum_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0, "log_every": 10,
+        "lr": 1e-4, "lr_schedule": "linear", "warmup_steps": 0, "epochs": 1, "batch_size": 8,
+        "eval_batch_size": 16, "accum_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "log_every": 10,
         "eval_every": 200,
         "train_file": "",          # JSONL of {prompt, response} ("" with data.source=synthetic)
         "eval_fraction": 0.05,
@@ -132,7 +134,9 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
         "seed": 0, "model": model_spec(init), "data": data_spec(source), "mesh": mesh_spec(),
         "ppo": {
             "steps": 100, "batch_size": 64, "mini_batch_size": 64, "ppo_epochs": 1,
-            "lr": 1.4e-5, "constant_lr": True, "weight_decay": 0.0, "max_grad_norm": 1.0,
+            # TRL 0.5: Adam at a constant lr, no gradient clipping (max_grad_norm ≤ 0 = off)
+            "lr": 1.4e-5, "lr_schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0,
+            "max_grad_norm": 0.0,
             "clip_range": 0.2, "clip_range_value": 0.2, "vf_coef": 0.1, "entropy_coef": 0.0,
             "gamma": 1.0, "lam": 0.95, "init_kl_coef": 0.04, "adaptive_kl": True,
             "kl_target": 0.1, "kl_horizon": 10000.0, "kl_estimator": "k1",

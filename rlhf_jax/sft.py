@@ -98,9 +98,7 @@ def train_sft(config, workdir: str) -> dict:
                                                              jax.process_count()),
                     epochs=cfg.epochs, log_every=cfg.log_every, eval_every=cfg.eval_every,
                     best_metric="loss", best_mode="min", desc="sft")
-    tx = training.make_optimizer(lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                                 total_steps=spec.total_steps, weight_decay=cfg.weight_decay,
-                                 max_grad_norm=cfg.max_grad_norm)
+    tx = training.optimizer_for(cfg, spec.total_steps)
     shardings = training.state_shardings(model, mesh, tx, params)
     batch_sh = sharding.batch_sharding(mesh)
     step_fn = training.make_train_step(functools.partial(response_nll, model=model), tx,

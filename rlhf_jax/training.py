@@ -37,15 +37,37 @@ def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int) -> op
         [warmup_steps])
 
 
+LR_SCHEDULES = ("linear", "constant")
+"""``linear``: warm-up then linear decay to 0 (HF Trainer's default, the paper's reward models);
+``constant``: ``lr`` throughout (TRL 0.5's PPOTrainer without a scheduler, the paper's PPO)."""
+
+
 def make_optimizer(*, lr: float, warmup_steps: int, total_steps: int, weight_decay: float = 0.0,
-                   max_grad_norm: float = 1.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
-    """AdamW with warm-up + linear decay, after global-norm clipping (``max_grad_norm ≤ 0``: off)."""
-    adamw = optax.adamw(learning_rate_schedule(lr, warmup_steps, total_steps), b1=b1, b2=b2,
-                        eps=eps, weight_decay=weight_decay)
+                   max_grad_norm: float = 0.0, schedule: str = "linear", b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """AdamW (``lr_schedule``), after global-norm clipping when ``max_grad_norm > 0`` (else none).
+
+    With ``weight_decay = 0`` this is Adam, as TRL 0.5 builds it
+    (``torch.optim.Adam(lr)``: β 0.9/0.999, ε 1e-8, no clipping unless
+    ``max_grad_norm`` is set).
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of "
+                         f"{LR_SCHEDULES}")
+    rate = (learning_rate_schedule(lr, warmup_steps, total_steps) if schedule == "linear"
+            else optax.constant_schedule(lr))
+    adamw = optax.adamw(rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     if max_grad_norm and max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
     return adamw
+
+
+def optimizer_for(section, total_steps: int) -> optax.GradientTransformation:
+    """The optimizer a stage's config section asks for (``lr``, ``lr_schedule``, ``warmup_steps``,
+    ``weight_decay``, ``max_grad_norm``): the one place every stage builds its optimizer."""
+    return make_optimizer(lr=section.lr, schedule=section.lr_schedule,
+                          warmup_steps=section.warmup_steps, total_steps=max(total_steps, 1),
+                          weight_decay=section.weight_decay, max_grad_norm=section.max_grad_norm)
 
 
 def init_state(params, tx: optax.GradientTransformation) -> TrainState:

@@ -47,3 +47,50 @@ def test_schedule_warms_up_then_decays_linearly():
     for step in (0, 5, 10, 60, 109, 110):
         assert float(schedule(step)) == pytest.approx(expected(step), abs=1e-9)
 
+
+
+def _torch_adam_trajectory(w0, grads, lr, max_grad_norm, weight_decay=0.0):
+    """torch.optim.Adam (TRL 0.5's PPO optimizer) / AdamW, optionally after clip_grad_norm_."""
+    torch = pytest.importorskip("torch")
+    w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    opt = (torch.optim.AdamW([w], lr=lr, weight_decay=weight_decay) if weight_decay
+           else torch.optim.Adam([w], lr=lr))
+    out = []
+    for g in grads:
+        w.grad = torch.tensor(g, dtype=torch.float64)
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([w], max_grad_norm)
+        opt.step()
+        out.append(w.detach().numpy().copy())
+    return out
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, -1.0, 0.5])
+def test_constant_schedule_matches_torch_adam_with_and_without_clipping(max_grad_norm):
+    # max_grad_norm <= 0 means "no clipping" in every stage (it once zeroed every PPO update).
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(4,))
+    grads = [rng.normal(size=(4,)) * 3.0 for _ in range(5)]
+    tx = training.make_optimizer(lr=1e-2, schedule="constant", warmup_steps=0, total_steps=5,
+                                 max_grad_norm=max_grad_norm)
+    w = jnp.asarray(w0, jnp.float32)
+    state = tx.init(w)
+    want = _torch_adam_trajectory(w0, grads, 1e-2, max_grad_norm)
+    for g, expected in zip(grads, want):
+        updates, state = tx.update(jnp.asarray(g, jnp.float32), state, w)
+        w = w + updates
+        np.testing.assert_allclose(np.asarray(w), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(w) - w0).max() > 1e-2  # it moved
+
+
+def test_optimizer_for_reads_a_config_section():
+    import ml_collections
+    section = ml_collections.ConfigDict({"lr": 1e-2, "lr_schedule": "constant", "warmup_steps": 0,
+                                         "weight_decay": 0.0, "max_grad_norm": 0.0})
+    tx = training.optimizer_for(section, total_steps=3)
+    w = jnp.ones(2)
+    updates, _ = tx.update(jnp.asarray([1.0, -1.0]), tx.init(w), w)
+    np.testing.assert_allclose(np.asarray(updates), [-1e-2, 1e-2], rtol=1e-4)
+    section.lr_schedule = "cosine"
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'cosine'"):
+        training.optimizer_for(section, total_steps=3)

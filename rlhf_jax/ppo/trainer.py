@@ -309,11 +309,7 @@ class PPOTrainer:
             params = {"policy": lm_p, "value": value_p}
         p = c.ppo
         updates = c.ppo.steps * p.ppo_epochs * (p.batch_size // p.mini_batch_size)
-        self.tx = training.make_optimizer(lr=p.lr, warmup_steps=0, total_steps=max(updates, 1),
-                                          weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm)
-        if p.constant_lr:
-            self.tx = optax.chain(optax.clip_by_global_norm(p.max_grad_norm),
-                                  optax.adamw(p.lr, weight_decay=p.weight_decay))
+        self.tx = training.optimizer_for(p, updates)
         state = PPOState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=self.tx.init(params), kl_coef=jnp.float32(p.init_kl_coef),
                          window=shaping.RewardWindow.empty(c.shaping.window),

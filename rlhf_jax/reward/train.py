@@ -142,9 +142,7 @@ class RewardTrainer:
             steps_per_epoch=pipeline.steps_per_epoch(num_train, rm.batch_size, jax.process_count()),
             epochs=rm.epochs, log_every=rm.log_every, eval_every=rm.eval_every,
             best_metric="accuracy", best_mode="max", desc="reward model")
-        self.tx = training.make_optimizer(
-            lr=rm.lr, warmup_steps=rm.warmup_steps, total_steps=self.spec.total_steps,
-            weight_decay=rm.weight_decay, max_grad_norm=rm.max_grad_norm)
+        self.tx = training.optimizer_for(rm, self.spec.total_steps)
         self.shardings = training.state_shardings(model, self.mesh, self.tx, params)
         with sharding.use_mesh(self.mesh):
             params = jax.device_put(params, self.shardings.params)
