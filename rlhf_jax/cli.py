@@ -111,7 +111,8 @@ def cmd_score(args) -> int:
     model, params = load_scalar_model(args.model)
     tokenizer = tokenizer_for(args.tokenizer, args.model)
     rows = score_samples(read_jsonl(args.input), model, params, tokenizer, template=args.template,
-                         batch_size=args.batch_size, source=args.input)
+                         batch_size=args.batch_size, append_eos=args.append_eos,
+                         source=args.input)
     write_jsonl(rows, args.out or args.input)
     print(f"scored {len(rows)} samples → {args.out or args.input}", file=sys.stderr)
     return 0
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", help="output JSONL (default: overwrite --in)")
     score.add_argument("--template", default="question_answer", help="reward-model input template")
     score.add_argument("--tokenizer", default="", help="default: the reward model's own")
+    score.add_argument("--append-eos", action="store_true",
+                       help="append EOS to each input (only for reward models trained that way)")
     score.add_argument("--batch-size", type=int, default=16)
     score.set_defaults(func=cmd_score)
     run = sub.add_parser("run", help="the whole study of a config (SFT → RMs → PPO → analysis)")

@@ -50,7 +50,8 @@ def reward_model_section() -> mlc.ConfigDict:
         "lr": 2e-5, "lr_schedule": "linear", "warmup_steps": 0, "epochs": 1, "batch_size": 8,
         "eval_batch_size": 16, "accum_steps": 1, "weight_decay": 0.0,
         "max_grad_norm": 1.0,      # HF Trainer's default, as the paper's train_rm.py ran it (≤ 0: off)
-        "margin": 0.0, "center_coef": 0.0, "append_eos": True,
+        "margin": 0.0, "center_coef": 0.0,
+        "append_eos": False,       # the paper's preprocess_function appends nothing
         "log_every": 10, "eval_every": 200,
         "intervention": "none",    # none | bal | rda | ctr (Table 4)
         "cartography": False,      # log r⁺ − r⁻ per example per pass (C-TR needs it)
@@ -151,7 +152,8 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
         #       | length_only (LPPO)
         "reward": {"kind": "model", "model": "", "function": "", "tokenizer": "",
                    "template": "question_answer",
-                   "append_eos": True, "max_length": 512, "buckets": (128, 256, 384, 512)},
+                   "append_eos": False,  # as the paper's scoring pipeline
+                   "max_length": 512, "buckets": (128, 256, 384, 512)},
         "shaping": {
             "name": "none",            # none | reward_scaling | length_penalty | length_only (LPPO)
             "target_length": 156.0,    # N of the length penalty and LPPO

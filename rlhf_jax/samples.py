@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.records import DataError, require_text
-from rlhf_jax.data.templates import policy_prompt, rm_text
+from rlhf_jax.data.templates import policy_prompt
 from rlhf_jax.generate import left_pad, sample
+from rlhf_jax.reward.scoring import RewardScorer
 
 PAPER_EVAL_SAMPLING = {"temperature": 0.9, "top_p": 0.9, "top_k": 0, "max_new_tokens": 256,
                        "repetition_penalty": 1.2, "samples_per_prompt": 8}
@@ -97,23 +98,13 @@ def generate_samples(model, params, tokenizer, prompts: Sequence[dict], *, sampl
 
 def score_samples(rows: Sequence[dict], model, params, tokenizer, *, template: str,
                   batch_size: int = 16, buckets: Sequence[int] = (128, 256, 512),
-                  append_eos: bool = True, source: str = "samples") -> list:
-    """Rows with ``"score"``: the reward model's value of ``rm_text(prompt, text, template)``."""
+                  append_eos: bool = False, source: str = "samples") -> list:
+    """Rows with ``"score"``: the reward model's value of ``rm_text(prompt, text, template)``
+    (:class:`rlhf_jax.reward.scoring.RewardScorer`, inputs cut at the largest bucket)."""
     for i, row in enumerate(rows):
         for key in ("prompt", "text"):
             require_text(row, key, file=source, row_index=i, line=row.get("_line"), allow_empty=True)
-    eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
-    texts = [rm_text(r["prompt"], r["text"], template) for r in rows]
-    ids = [list(x)[: buckets[-1] - len(eos)] + eos
-           for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    forward = jax.jit(lambda p, i, m: model.apply({"params": p}, i, attention_mask=m).values)
-    pad = pipeline.pad_token_id(tokenizer)
-    scores = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        filled = chunk + [chunk[0]] * (batch_size - len(chunk))
-        width = pipeline.bucket_width(max(len(x) for x in filled), buckets)
-        arr = pipeline.pad_rows([np.asarray(x) for x in filled], width, pad)
-        mask = pipeline.pad_rows([np.ones(len(x), np.int32) for x in filled], width, 0)
-        scores += np.asarray(forward(params, arr, mask))[:len(chunk)].tolist()
+    scorer = RewardScorer(model, params, tokenizer, template=template, max_length=buckets[-1],
+                          buckets=buckets, append_eos=append_eos, batch_size=batch_size)
+    scores = scorer([r["prompt"] for r in rows], [r["text"] for r in rows])
     return [{**r, "score": float(s)} for r, s in zip(rows, scores)]

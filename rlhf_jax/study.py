@@ -94,7 +94,8 @@ def policy_samples(name: str, export: str, config, prompts, rm, rm_params, rm_to
                             template=config.ppo.data.prompt_template,
                             batch_size=s.batch_size, seed=s.seed, bucket=s.prompt_bucket)
     rows = score_samples(rows, rm, rm_params, rm_tokenizer, template=s.rm_template,
-                         batch_size=s.batch_size, buckets=tuple(s.rm_buckets), source=name)
+                         batch_size=s.batch_size, buckets=tuple(s.rm_buckets),
+                         append_eos=config.rm.rm.append_eos, source=name)
     if is_synthetic(config):
         task = synthetic_task(config.ppo.data)
         rows = [{**r, "gold": task.quality(r["prompt"], r["text"])} for r in rows]

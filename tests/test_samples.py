@@ -39,7 +39,7 @@ def test_generate_and_score(setup, tmp_path):
     scored = score_samples(read_jsonl(path), setup["rm"], setup["rm_params"], tok,
                            template="{prompt} {response}", batch_size=4, buckets=(16, 32))
     for r in scored:
-        ids = tok(f"{r['prompt']} {r['text']}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = tok(f"{r['prompt']} {r['text']}")["input_ids"]  # no EOS appended, as the paper
         direct = setup["rm"].apply({"params": setup["rm_params"]}, np.asarray([ids], np.int32)).values
         assert r["score"] == pytest.approx(float(direct[0]), abs=1e-5)
 

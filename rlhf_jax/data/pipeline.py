@@ -35,23 +35,38 @@ def _with_eos(ids: list, eos_id: Optional[int]) -> np.ndarray:
     return np.asarray(list(ids) + ([eos_id] if eos_id is not None else []), np.int32)
 
 
+def reward_model_ids(tokenizer, texts: Sequence[str], append_eos: bool = False) -> list:
+    """A reward model's input ids of templated texts, the same in training and in scoring.
+
+    As the paper's ``preprocess_function`` and its scoring ``pipeline`` tokenise:
+    the tokenizer's own special tokens (LLaMA: BOS; GPT-2/SmolLM2: none), and no
+    EOS unless ``append_eos``.
+    """
+    if append_eos and tokenizer.eos_token_id is None:
+        raise ValueError("the reward model's tokenizer has no EOS token, which append_eos needs")
+    eos = tokenizer.eos_token_id if append_eos else None
+    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+    return [_with_eos(x, eos) for x in ids]
+
+
 def tokenize_pairs(pairs: Sequence[dict], tokenizer, *, template: str = "question_answer",
-                   max_length: int = 512, append_eos: bool = True, source: str = "pairs"):
+                   max_length: int = 512, append_eos: bool = False, source: str = "pairs"):
     """Reward-model examples from preference pairs; drops (and counts) over-long pairs.
 
     Each example: ``index`` (position in ``pairs``), ``id``, ``chosen_ids`` and
-    ``rejected_ids`` (the full reward-model text under ``template``, plus EOS when
-    ``append_eos``), and ``chosen_len``/``rejected_len``: the response alone in
+    ``rejected_ids`` (:func:`reward_model_ids` of the full reward-model text under
+    ``template``), and ``chosen_len``/``rejected_len``: the response alone in
     tokens (what the paper's length statistics count).
     """
-    eos = tokenizer.eos_token_id if append_eos else None
-    chosen = _token_ids(tokenizer, [rm_text(p["prompt"], p["chosen"], template) for p in pairs])
-    rejected = _token_ids(tokenizer, [rm_text(p["prompt"], p["rejected"], template) for p in pairs])
+    chosen = reward_model_ids(tokenizer, [rm_text(p["prompt"], p["chosen"], template)
+                                          for p in pairs], append_eos)
+    rejected = reward_model_ids(tokenizer, [rm_text(p["prompt"], p["rejected"], template)
+                                            for p in pairs], append_eos)
     chosen_len = _token_ids(tokenizer, [p["chosen"] for p in pairs])
     rejected_len = _token_ids(tokenizer, [p["rejected"] for p in pairs])
     drops, examples = DropCounter(), []
     for i, pair in enumerate(pairs):
-        c, r = _with_eos(chosen[i], eos), _with_eos(rejected[i], eos)
+        c, r = chosen[i], rejected[i]
         if max(len(c), len(r)) > max_length:
             drops.add(f"longer than max_length={max_length} tokens")
             continue

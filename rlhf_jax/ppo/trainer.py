@@ -42,7 +42,7 @@ from rlhf_jax import sharding, training
 from rlhf_jax.checkpoint import Checkpoints
 from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
-from rlhf_jax.data.templates import rm_text
+from rlhf_jax.reward.scoring import RewardScorer
 from rlhf_jax.generate import left_pad, sample
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.build import causal_lm, load_tokenizer_for, scalar_model, tokenizer_for
@@ -219,27 +219,20 @@ class Scorer:
                               "export directory (or reward.kind='length_only')")
         self.enabled = bool(cfg.reward.model)
         if self.enabled:
-            self.model, params = scalar_model(ml_spec(cfg.reward.model), jax.random.key(0))
-            self.params = jax.device_put(params)
-            self.tokenizer = tokenizer_for(cfg.reward.tokenizer, cfg.reward.model)
-            if self.tokenizer.eos_token_id is None and cfg.reward.append_eos:
-                raise ConfigError(f"reward model tokenizer ({cfg.reward.model}) has no EOS token, "
-                                  "which reward.append_eos needs")
-            self.forward = jax.jit(lambda p, ids, m: self.model.apply(
-                {"params": p}, ids, attention_mask=m).values)
+            model, params = scalar_model(ml_spec(cfg.reward.model), jax.random.key(0))
+            tokenizer = tokenizer_for(cfg.reward.tokenizer, cfg.reward.model)
+            try:
+                self.score = RewardScorer(model, jax.device_put(params), tokenizer,
+                                          template=cfg.reward.template,
+                                          max_length=cfg.reward.max_length,
+                                          buckets=cfg.reward.buckets,
+                                          append_eos=cfg.reward.append_eos)
+            except ValueError as err:
+                raise ConfigError(f"reward model {cfg.reward.model}: {err}") from None
 
     def __call__(self, prompts, responses) -> Optional[np.ndarray]:
         """Reward-model scores ``[b]``, or ``None`` without a reward model."""
-        if not self.enabled:
-            return None
-        texts = [rm_text(p, r, self.cfg.template) for p, r in zip(prompts, responses)]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        eos = [self.tokenizer.eos_token_id] if self.cfg.append_eos else []
-        ids = [list(x)[: self.cfg.max_length - len(eos)] + eos for x in ids]
-        width = pipeline.bucket_width(max(len(x) for x in ids), self.cfg.buckets)
-        arr = pipeline.pad_rows([np.asarray(x) for x in ids], width, pipeline.pad_token_id(self.tokenizer))
-        mask = pipeline.pad_rows([np.ones(len(x), np.int32) for x in ids], width, 0)
-        return np.asarray(self.forward(self.params, arr, mask), np.float32)
+        return self.score(prompts, responses) if self.enabled else None
 
 
 def ml_spec(init: str):

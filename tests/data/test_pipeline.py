@@ -18,21 +18,25 @@ def tokenizer():
 def examples(tokenizer):
     pairs = SyntheticTask().preference_pairs(203, alpha=1.0, beta=0.2, seed=0)
     out, drops = pipeline.tokenize_pairs(pairs, tokenizer, template="{prompt} {response}",
-                                         max_length=40)
+                                         max_length=40, append_eos=True)
     return pairs, out, drops
 
 
-def test_tokenize_pairs_counts_overlong_and_measures_responses(tokenizer, examples):
-    pairs, out, drops = examples
+@pytest.mark.parametrize("append_eos", [True, False])
+def test_tokenize_pairs_counts_overlong_and_measures_responses(tokenizer, append_eos):
+    pairs = SyntheticTask().preference_pairs(203, alpha=1.0, beta=0.2, seed=0)
+    out, drops = pipeline.tokenize_pairs(pairs, tokenizer, template="{prompt} {response}",
+                                         max_length=40, append_eos=append_eos)
     words = lambda s: len(s.split())  # noqa: E731  the task's tokenizer: one token per word
+    extra = int(append_eos)
     overlong = sum(max(words(p["prompt"]) + words(p["chosen"]),
-                       words(p["prompt"]) + words(p["rejected"])) + 1 > 40 for p in pairs)
+                       words(p["prompt"]) + words(p["rejected"])) + extra > 40 for p in pairs)
     assert drops.total == overlong > 0 and len(out) == len(pairs) - overlong
     for e in out:
         p = pairs[e["index"]]
         assert e["chosen_len"] == words(p["chosen"]) and e["rejected_len"] == words(p["rejected"])
-        assert e["chosen_ids"][-1] == tokenizer.eos_token_id
-        assert len(e["chosen_ids"]) == words(p["prompt"]) + words(p["chosen"]) + 1
+        assert (e["chosen_ids"][-1] == tokenizer.eos_token_id) == append_eos
+        assert len(e["chosen_ids"]) == words(p["prompt"]) + words(p["chosen"]) + extra
 
 
 def _indices(dataset):

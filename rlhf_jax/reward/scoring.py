@@ -1,0 +1,63 @@
+"""Scoring (prompt, response) texts with a reward model: the one path PPO and ``rlhf-jax score`` share.
+
+template → tokenise → truncate (+ EOS) → bucket → pad → one jitted forward per
+bucket shape. The paper's code scores ``qaform(q, r)`` through a transformers
+``pipeline(..., truncation=True)``: the template's text, tokenised with the
+reward model's tokenizer (its BOS, no EOS) and cut from the right at the
+tokenizer's limit. ``append_eos`` is off by default to match; turn it on for
+reward models trained with an EOS after every response.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from rlhf_jax.data import pipeline
+from rlhf_jax.data.templates import rm_text
+
+
+class RewardScorer:
+    """``scorer(prompts, responses) -> scores [n]`` (float32) of a ``ScalarModel(readout="last")``.
+
+    ``max_length``: tokens kept per input (the start is kept, as with the
+    pipeline's right truncation), EOS included when ``append_eos``;
+    ``buckets``: the padded widths (a few compiled shapes); ``batch_size``: rows
+    per forward (``None``: all rows in one call, e.g. a PPO batch). A short last
+    chunk is filled with copies of its first row, which are dropped.
+    """
+
+    def __init__(self, model, params, tokenizer, *, template: str, max_length: int,
+                 buckets: Sequence[int], append_eos: bool = False,
+                 batch_size: Optional[int] = None):
+        pipeline.reward_model_ids(tokenizer, [], append_eos)  # no EOS to append: fail now
+        self.model, self.params, self.tokenizer = model, params, tokenizer
+        self.template, self.append_eos, self.batch_size = template, append_eos, batch_size
+        self.max_length = min(max_length, buckets[-1])
+        self.buckets = tuple(buckets)
+        self.pad_id = pipeline.pad_token_id(tokenizer)
+        self.forward = jax.jit(lambda p, ids, m: model.apply({"params": p}, ids,
+                                                             attention_mask=m).values)
+
+    def token_ids(self, prompts: Sequence[str], responses: Sequence[str]) -> list:
+        """The reward model's input ids of each pair: template, tokenise (+ EOS), truncate."""
+        texts = [rm_text(p, r, self.template) for p, r in zip(prompts, responses, strict=True)]
+        ids = pipeline.reward_model_ids(self.tokenizer, texts, self.append_eos)
+        if not self.append_eos:
+            return [x[:self.max_length] for x in ids]
+        return [np.append(x[:-1][:self.max_length - 1], x[-1]) for x in ids]  # EOS stays last
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        ids = self.token_ids(prompts, responses)
+        size = self.batch_size or max(len(ids), 1)
+        scores = []
+        for start in range(0, len(ids), size):
+            chunk = ids[start:start + size]
+            filled = chunk + [chunk[0]] * (size - len(chunk))
+            width = pipeline.bucket_width(max(len(x) for x in filled), self.buckets)
+            arr = pipeline.pad_rows(filled, width, self.pad_id)
+            mask = pipeline.pad_rows([np.ones(len(x), np.int32) for x in filled], width, 0)
+            scores.append(np.asarray(self.forward(self.params, arr, mask), np.float32)[:len(chunk)])
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
