@@ -142,12 +142,15 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
             "gamma": 1.0, "lam": 0.95, "init_kl_coef": 0.04, "adaptive_kl": True,
             "kl_target": 0.1, "kl_horizon": 10000.0, "kl_estimator": "k1",
             "whiten_advantages": True, "whiten_rewards": False, "ratio_threshold": 10.0,
+            "ratio_skip": "zero_loss",  # zero_loss (TRL 0.5: loss × 0, Adam still steps) | freeze
             "value_model": "shared",   # shared (a head on the policy, as TRL) | separate (from the RM)
             "reference": "",           # "" = the initial policy; else a checkpoint of the same shape
             "save_every": 25,
         },
-        "generation": {"min_new_tokens": 154, "max_new_tokens": 155, "temperature": 1.0,
-                       "top_k": 0, "top_p": 1.0, "prompt_bucket": 64},
+        # caps: LengthSampler(min, max) = uniform over min … max − 1, one draw per cap_chunk rows
+        # (the paper: output_max_length 156 → LengthSampler(154, 156), TRL generates 4 at a time)
+        "generation": {"min_new_tokens": 154, "max_new_tokens": 156, "cap_chunk": 4,
+                       "temperature": 1.0, "top_k": 0, "top_p": 1.0, "prompt_bucket": 64},
         # kind: model | function (reward.function = "module:name", f(prompts, responses) -> scores)
         #       | length_only (LPPO)
         "reward": {"kind": "model", "model": "", "function": "", "tokenizer": "",
@@ -155,39 +158,57 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
                    "append_eos": False,  # as the paper's scoring pipeline
                    "max_length": 512, "buckets": (128, 256, 384, 512)},
         "shaping": {
-            "name": "none",            # none | reward_scaling | length_penalty | length_only (LPPO)
-            "target_length": 156.0,    # N of the length penalty and LPPO
-            "length_penalty_variant": "paper",  # paper: (1 − len/N)·σ | code: 2σ·(1 − 0.01·len)
-            "scaling_clip": 0.3, "window": 10,
+            "shapers": (),             # names in rlhf_jax.ppo.shaping.SHAPERS, applied in order
+            "target_length": 156.0,    # N of LPPO and of the length penalty's "paper" variant
+            "length_penalty_variant": "code",  # code: 2σ·(1 − 0.01·len) (the runs) | paper: (1 − len/N)·σ
+            "scaling_clip": 0.3,
+            "window": 10,              # batches in the reward-statistics window
+            "window_groups": 1,        # one window per group of rows (the paper: 2 processes)
             "omit_long": "off",        # off | mask | replace (the paper's code)
             "eos_penalty": 0.0, "overlong_buffer": 0, "overlong_penalty": 1.0,
         },
     })
 
 
-PPO_VARIANTS = ("standard", "high_kl", "reward_scaling", "length_penalty", "omit_long", "lppo",
-                "lppo_beta0")
+def _high_kl(config):
+    config.ppo.init_kl_coef = 0.12       # the paper's high-KL runs: β₀ 0.12 instead of 0.04
+
+
+def _reward_scaling(config):
+    config.shaping.shapers = ("reward_scaling",)
+
+
+def _length_penalty(config):
+    config.shaping.shapers = ("length_penalty",)
+
+
+def _omit_long(config):
+    config.shaping.omit_long = "replace"  # the paper's code; "mask" is the cleaner alternative
+
+
+def _lppo(config):
+    config.reward.kind = "length_only"
+    config.shaping.shapers = ("length_only",)
+
+
+def _lppo_beta0(config):
+    _lppo(config)
+    config.ppo.init_kl_coef = 0.0        # the paper's wgptlenonlynokl run
+    config.ppo.adaptive_kl = False
+
+
+PPO_VARIANTS = {"standard": lambda config: None, "high_kl": _high_kl,
+                "reward_scaling": _reward_scaling, "length_penalty": _length_penalty,
+                "omit_long": _omit_long, "lppo": _lppo, "lppo_beta0": _lppo_beta0}
+"""The paper's PPO-side runs (§4.1, §5; Tables 1–3): each a function that edits a few config lines."""
 
 
 def with_ppo_variant(config: mlc.ConfigDict, variant: str, target_length: float) -> mlc.ConfigDict:
-    """The paper's PPO-side interventions (§4.1, §5; Tables 1–3), each a few config lines."""
+    """Apply PPO variant ``variant`` (:data:`PPO_VARIANTS`) with LPPO's target length ``N``."""
     if variant not in PPO_VARIANTS:
-        raise ValueError(f"unknown PPO variant {variant!r}; expected one of {PPO_VARIANTS}")
+        raise ValueError(f"unknown PPO variant {variant!r}; expected one of {sorted(PPO_VARIANTS)}")
     config.shaping.target_length = float(target_length)
-    if variant == "high_kl":
-        config.ppo.init_kl_coef = 0.12
-    elif variant == "reward_scaling":
-        config.shaping.name = "reward_scaling"
-    elif variant == "length_penalty":
-        config.shaping.name = "length_penalty"
-    elif variant == "omit_long":
-        config.shaping.omit_long = "mask"
-    elif variant in ("lppo", "lppo_beta0"):
-        config.reward.kind = "length_only"
-        config.shaping.name = "length_only"
-        if variant == "lppo_beta0":
-            config.ppo.init_kl_coef = 0.0
-            config.ppo.adaptive_kl = False
+    PPO_VARIANTS[variant](config)
     return config
 
 
@@ -195,12 +216,18 @@ def paper_ppo_config(source: str, variant: str, *, target_length: float, prompt_
                      prompt_template: str, options: dict, reward_model: str) -> mlc.ConfigDict:
     """The paper's PPO setting (§2.2, App. A: TRL 0.5 defaults as its scripts ran them) for one dataset.
 
-    LLaMA-7B SFT policy (``checkpoints/llama-7b-sft``; override ``model.init``) with
-    the value head on its trunk; 64 prompts per step (the scripts: 32 per process
-    × 2 processes), lr 1.4e-5, cliprange 0.2, value clip 0.2, vf_coef 0.1, γ 1,
-    λ 0.95, β₀ 0.04 adaptive (target 0.1, horizon 10000), one PPO epoch; top_k 0,
-    top_p 1, temperature 1, caps drawn from [154, 155). Minibatches of 16 are our
-    choice (the scripts left TRL's default). bfloat16 compute, remat, FSDP.
+    ``trl-general/run_rlhf.sh`` and ``rlhfutils/rl_utils.py``: LLaMA-7B SFT policy
+    (``checkpoints/llama-7b-sft``; override ``model.init``) with the value head on
+    its trunk; 64 prompts per step (32 per process × 2 processes); Adam, lr 1.4e-5
+    constant, no gradient clipping; cliprange 0.2, value clip 0.2, vf_coef 0.1,
+    γ 1, λ 0.95, β₀ 0.04 adaptive (target 0.1, horizon 10000); one PPO epoch of
+    minibatches of 2 (TRL's default of 1 per process × 2 processes: 32 updates a
+    step); the reward window per process (``window_groups = 2``); top_k 0, top_p 1,
+    temperature 1; caps from ``LengthSampler(154, 156)``, one draw per 4 rows.
+    LPPO generates with ``output_max_length = N + 24`` (the WebGPT run: 180 for
+    N = 156); omit-long with 200 (its one run, on Stack). Full fine-tuning in
+    bfloat16 compute with remat and FSDP stands in for the scripts' 8-bit base
+    with LoRA (r 16, α 32, dropout 0.05): see docs/paper-fidelity.md.
     """
     config = ppo_config(source, init="checkpoints/llama-7b-sft")
     config.reward.model = reward_model
@@ -210,6 +237,19 @@ def paper_ppo_config(source: str, variant: str, *, target_length: float, prompt_
     config.model.dtype = "bfloat16"
     config.model.remat = "full"
     config.mesh = mesh_spec(data=1, fsdp=-1, tensor=1)
-    config.ppo.mini_batch_size = 16
+    config.ppo.mini_batch_size = 2
+    config.shaping.window_groups = 2
     config.ppo.steps = 200
-    return with_ppo_variant(config, variant, target_length)
+    with_ppo_variant(config, variant, target_length)
+    if variant in ("lppo", "lppo_beta0"):
+        set_output_max_length(config, int(target_length) + 24)
+    elif variant == "omit_long":
+        set_output_max_length(config, 200)
+    return config
+
+
+def set_output_max_length(config: mlc.ConfigDict, n: int) -> mlc.ConfigDict:
+    """The paper scripts' ``--output_max_length=n``: caps from ``LengthSampler(n − 2, n)``."""
+    config.generation.min_new_tokens = n - 2
+    config.generation.max_new_tokens = n
+    return config

@@ -165,13 +165,15 @@ def greedy_tokens(logits_bv):
     return jnp.minimum(first, vocab - 1)
 
 
-def token_logprobs(logits_bv, token_b):
-    """``log_softmax(logits)[token]`` as ``logits[token] − logsumexp(logits)``, one value per row.
+def token_logprobs(logits, tokens):
+    """``log_softmax(logits)[token]`` as ``logits[token] − logsumexp(logits)`` in float32.
 
-    The same number without materialising the ``[batch, vocab]`` log-softmax.
+    ``logits [..., vocab]``, ``tokens [...]`` (a decode step's ``[b]``, or a
+    rollout's ``[b, t]``): the same number without materialising the log-softmax.
     """
-    chosen = jnp.take_along_axis(logits_bv, token_b[:, None], axis=-1)[:, 0]
-    return chosen - jax.nn.logsumexp(logits_bv, axis=-1)
+    logits = logits.astype(jnp.float32)
+    chosen = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+    return chosen - jax.nn.logsumexp(logits, axis=-1)
 
 
 def _choose(logits_bv, key, greedy: bool):

@@ -25,9 +25,9 @@ from rlhf_jax.data.preferences import hold_out, synthetic_task
 from rlhf_jax.data.records import require_text
 from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models import save_pretrained
-from rlhf_jax.models.build import causal_lm, load_tokenizer_for
+from rlhf_jax.models.build import causal_lm
 from rlhf_jax.samples import read_jsonl
-from rlhf_jax.reward.train import check_vocab
+from rlhf_jax.stage import check_vocab, experiment_tokenizer
 from rlhf_jax.workdir import start_stage
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def train_sft(config, workdir: str) -> dict:
         log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
     cfg, mesh = config.sft, sharding.make_mesh(**dict(config.mesh))
-    tokenizer = load_tokenizer_for(config)
+    tokenizer = experiment_tokenizer(config)
     train_rows, eval_rows = sft_examples(config)
     tokenize = functools.partial(pipeline.tokenize_sft, tokenizer=tokenizer,
                                  template=config.data.prompt_template,

@@ -44,3 +44,13 @@ def run_multidevice_script(name: str, timeout: int = 600) -> dict:
                           capture_output=True, text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+
+SEEN = []
+"""The response texts each call of :func:`recording_reward` was given."""
+
+
+def recording_reward(prompts, responses):
+    """A PPO reward function (``reward.function``) that records what it scores: characters."""
+    SEEN.append(list(responses))
+    return [float(len(r)) for r in responses]

@@ -15,7 +15,7 @@ Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs.
 
 from rlhf_jax.defaults import PPO_VARIANTS, paper_ppo_config
 
-VARIANTS = PPO_VARIANTS
+VARIANTS = tuple(PPO_VARIANTS)
 
 
 def get_config(variant: str = "standard"):

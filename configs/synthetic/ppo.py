@@ -20,7 +20,7 @@ Sized for: 2 CPU cores, a few minutes.
 
 from rlhf_jax.defaults import PPO_VARIANTS, ppo_config, with_ppo_variant
 
-VARIANTS = PPO_VARIANTS
+VARIANTS = tuple(PPO_VARIANTS)
 TARGET_WORDS = 30
 
 

@@ -88,13 +88,6 @@ def tokenizer_for(spec_tokenizer: str, model_init: str):
     return load_tokenizer(path)
 
 
-def load_tokenizer_for(config):
-    """The experiment's tokenizer: the synthetic task's own, or ``data.tokenizer`` / the model's."""
-    if config.data.source == "synthetic" and not config.data.tokenizer:
-        from rlhf_jax.data.preferences import synthetic_task
-        return synthetic_task(config.data).tokenizer()
-    return tokenizer_for(config.data.tokenizer, config.model.init)
-
 
 def is_scalar_export(path: str) -> bool:
     if not os.path.isfile(os.path.join(path, CONFIG_FILE)):

@@ -2,8 +2,8 @@
 
 Arrays are ``[batch, time]`` over the *response* tokens, with ``mask_bt`` = 1 on
 real response tokens (right-padded after EOS). Everything here is jittable and
-free of host state except the :class:`AdaptiveKLController` convenience object,
-whose update rule is also available as the pure :func:`adaptive_kl_update`.
+free of host state; the adaptive KL coefficient is carried in the PPO state and
+updated by the pure :func:`adaptive_kl_update`.
 
 Per token ``t`` of a response ``y`` to prompt ``x``:
 
@@ -21,8 +21,6 @@ Per token ``t`` of a response ``y`` to prompt ``x``:
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -141,26 +139,3 @@ def adaptive_kl_update(beta, current_kl, n_steps, target: float, horizon: float)
     """``β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n/horizon)`` (Ziegler et al. 2019; TRL)."""
     error = jnp.clip(current_kl / target - 1.0, -0.2, 0.2)
     return beta * (1.0 + error * n_steps / horizon)
-
-
-@dataclasses.dataclass
-class FixedKLController:
-    """A constant ``β``."""
-
-    value: float
-
-    def update(self, current_kl, n_steps) -> None:
-        del current_kl, n_steps
-
-
-@dataclasses.dataclass
-class AdaptiveKLController:
-    """Adaptive ``β`` (``.value``; ``.update(current_kl, n_steps)``, ``n_steps`` = samples this step)."""
-
-    value: float
-    target: float
-    horizon: float
-
-    def update(self, current_kl, n_steps) -> None:
-        self.value = float(adaptive_kl_update(self.value, float(current_kl), n_steps,
-                                              self.target, self.horizon))

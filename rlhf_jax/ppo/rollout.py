@@ -1,11 +1,13 @@
 """Rollout: sample responses, then one forward each for policy log-probs, reference log-probs and values.
 
 Singhal et al. 2023 §2.2 (TRL 0.5): responses are sampled with top_k 0, top_p 1,
-temperature 1; each response's length cap is drawn per batch from ``[lo, hi)``.
-To keep one compiled sampler, we always sample ``hi − 1`` tokens and cut each
-batch at its drawn cap ``n`` afterwards (tokens past ``n`` are masked; a
-response whose EOS came after ``n`` counts as not ended), which is the same
-distribution as sampling with ``max_new_tokens = n``.
+temperature 1. TRL's ``generate`` draws ``max_new_tokens`` from its
+``LengthSampler(lo, hi)`` (uniform over ``lo … hi − 1``) once per generation chunk
+of 4 prompts; :func:`length_caps` draws the same way, one cap per chunk of
+``generation.cap_chunk`` rows. To keep one compiled sampler, we always sample
+``hi − 1`` tokens and cut each row at its cap ``n`` afterwards (tokens past ``n``
+are masked; a response whose EOS came after ``n`` counts as not ended), which is
+the same distribution as sampling with ``max_new_tokens = n``.
 
 Positions: the sequence is ``[prompt (left-padded, P) | response (right-padded, T)]``;
 response token ``t`` is predicted at position ``P − 1 + t``, where its log-prob,
@@ -18,8 +20,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from rlhf_jax.generate import token_logprobs
 from rlhf_jax.models.transformer import CausalLM
+from rlhf_jax.ppo import algo
 
 
 def response_positions(prompt_len: int, response_len: int):
@@ -30,12 +35,6 @@ def response_positions(prompt_len: int, response_len: int):
 def concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask):
     return (jnp.concatenate([prompt_ids, response_ids], axis=1),
             jnp.concatenate([prompt_mask, response_mask], axis=1))
-
-
-def token_logprobs(logits_btv, tokens_bt):
-    """``log softmax(logits)[token]`` in float32."""
-    logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, tokens_bt[..., None], axis=-1)[..., 0]
 
 
 def policy_outputs(model, params, prompt_ids, prompt_mask, response_ids, response_mask, *,
@@ -52,10 +51,7 @@ def policy_outputs(model, params, prompt_ids, prompt_mask, response_ids, respons
     logits = model.apply({"params": params}, hidden, method=CausalLM.logits)
     logprobs = token_logprobs(logits, response_ids)
     values = out.values[:, positions].astype(jnp.float32) if with_values else None
-    entropy = None
-    if with_entropy:
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    entropy = algo.entropy_from_logits(logits) if with_entropy else None
     return logprobs, values, entropy
 
 
@@ -66,13 +62,19 @@ def scalar_values(model, params, prompt_ids, prompt_mask, response_ids, response
     return values[:, response_positions(prompt_ids.shape[1], response_ids.shape[1])].astype(jnp.float32)
 
 
-def cut_to_length(tokens, mask, cap, eos_ids, pad_id: int):
-    """Mask response tokens past ``cap`` (a traced int); returns ``(tokens, mask, lengths, ended)``.
+def length_caps(rows: int, low: int, high: int, chunk: int, seed) -> np.ndarray:
+    """``[rows]`` caps: one draw from ``low … high − 1`` per ``chunk`` consecutive rows
+    (TRL's ``LengthSampler(low, high)`` called once per generation chunk), seeded by ``seed``."""
+    draws = np.random.default_rng(seed).integers(low, high, -(-rows // chunk))
+    return np.repeat(draws, chunk)[:rows].astype(np.int32)
 
-    ``ended``: the response's last kept token is an EOS.
+
+def cut_to_length(tokens, mask, caps, eos_ids, pad_id: int):
+    """Mask each row's response tokens past its cap (``caps [b]``, traced); returns
+    ``(tokens, mask, lengths, ended)``. ``ended``: the row's last kept token is an EOS.
     """
     t = tokens.shape[1]
-    keep = (jnp.arange(t)[None] < cap) & (mask > 0)
+    keep = (jnp.arange(t)[None] < caps[:, None]) & (mask > 0)
     tokens = jnp.where(keep, tokens, pad_id)
     lengths = jnp.sum(keep, axis=1)
     last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]

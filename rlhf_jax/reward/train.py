@@ -33,7 +33,8 @@ from rlhf_jax.data.preferences import preference_splits
 from rlhf_jax.data.records import DropCounter
 from rlhf_jax.defaults import INTERVENTIONS
 from rlhf_jax.loop import LoopSpec, run_training
-from rlhf_jax.models.build import load_tokenizer_for, save_scalar_model, scalar_model
+from rlhf_jax.models.build import save_scalar_model, scalar_model
+from rlhf_jax.stage import check_vocab, experiment_tokenizer
 from rlhf_jax.reward import cartography, interventions
 from rlhf_jax.reward.losses import bradley_terry_loss
 from rlhf_jax.workdir import Workdir, start_stage
@@ -94,7 +95,7 @@ class RewardTrainer:
         self.rm = config.rm
         self.workdir = Workdir(workdir)
         self.mesh = sharding.make_mesh(**dict(config.mesh))
-        self.tokenizer = load_tokenizer_for(config)
+        self.tokenizer = experiment_tokenizer(config)
         self.pad_id = pipeline.pad_token_id(self.tokenizer)
         self.buckets = tuple(sorted(config.data.buckets))
 
@@ -193,14 +194,6 @@ class RewardTrainer:
             epoch_batches=lambda epoch: self.batches(data["train"], epoch=epoch),
             evaluate=lambda params: self.evaluate(params, data["eval"]),
             on_epoch_end=log_pass if cartography_log else None)
-
-
-def check_vocab(tokenizer, model_config) -> None:
-    """The tokenizer's ids must fit the model's embedding."""
-    if len(tokenizer) > model_config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                         f"{model_config.vocab_size}: set model.overrides.vocab_size (presets) or "
-                         "use the checkpoint's own tokenizer")
 
 
 def dataset_stats(examples) -> dict:

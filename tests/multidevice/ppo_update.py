@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 
 from rlhf_jax import sharding  # noqa: E402
 from rlhf_jax.config import load_config  # noqa: E402
-from rlhf_jax.ppo.trainer import PPOTrainer  # noqa: E402
+from rlhf_jax.ppo.roles import build_roles  # noqa: E402
+from rlhf_jax.stage import experiment_tokenizer  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic", "ppo.py")
 
@@ -39,21 +40,15 @@ def one_update(mesh):
     config = load_config(CONFIG + ":reward_scaling", [
         "--config.model.init=preset:tiny-llama", "--config.model.overrides.vocab_size=192",
         "--config.reward.model=", "--config.reward.kind=model", "--config.ppo.batch_size=16",
-        "--config.ppo.mini_batch_size=8", "--config.shaping.omit_long=replace"])
-    with config.unlocked():
-        config.reward.kind = "length_only"
-        config.shaping.name = "length_only"
-    trainer = PPOTrainer.__new__(PPOTrainer)
-    trainer.config = config
-    trainer.mesh = mesh
-    trainer.policy_model = None
-    from rlhf_jax.models.build import load_tokenizer_for
-    trainer.tokenizer = load_tokenizer_for(config)
-    trainer.pad_id, trainer.eos_id = 0, trainer.tokenizer.eos_token_id
-    state = trainer.build()
+        "--config.ppo.mini_batch_size=8", "--config.shaping.omit_long=mask"])
+    config.reward.kind = "length_only"
+    config.shaping.shapers = ("length_only", "reward_scaling")
+    config.shaping.window_groups = 2
+    tokenizer = experiment_tokenizer(config)
+    roles, state = build_roles(config, tokenizer, mesh, eos_id=tokenizer.eos_token_id, pad_id=0)
     before = jax.tree.map(np.asarray, state.params)  # the update donates the state
     with sharding.use_mesh(mesh):
-        new, metrics = trainer.update(state, sharding.shard_batch(rollout_batch(), mesh))
+        new, metrics = roles.update(state, sharding.shard_batch(rollout_batch(), mesh))
     return before, new, metrics
 
 

@@ -102,17 +102,13 @@ def test_value_loss(data):
     assert float(loss) == pytest.approx(0.5 * total / count, abs=1e-5)
 
 
-def test_adaptive_kl_controller():
-    ctl = algo.AdaptiveKLController(value=0.04, target=0.1, horizon=10000)
-    beta = 0.04
+def test_adaptive_kl_update_is_trls_controller():
+    # TRL 0.5 AdaptiveKLController.update: value *= 1 + clip(current/target - 1, -0.2, 0.2) * n/horizon
+    value, beta = 0.04, np.float32(0.04)
     for kl, n in [(0.5, 64), (0.05, 64), (0.1, 128), (0.0, 64)]:
-        error = min(max(kl / 0.1 - 1, -0.2), 0.2)
-        beta *= 1 + error * n / 10000
-        ctl.update(kl, n)
-        assert ctl.value == pytest.approx(beta, rel=1e-6)
-    fixed = algo.FixedKLController(0.12)
-    fixed.update(5.0, 64)
-    assert fixed.value == 0.12
+        value *= 1 + min(max(kl / 0.1 - 1, -0.2), 0.2) * n / 10000
+        beta = algo.adaptive_kl_update(beta, np.float32(kl), n, 0.1, 10000.0)
+        assert float(beta) == pytest.approx(value, rel=1e-6)
 
 
 def test_entropy():

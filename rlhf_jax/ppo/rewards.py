@@ -1,0 +1,91 @@
+"""Where a PPO step's sequence scores come from (``reward.kind``, :data:`REWARD_KINDS`).
+
+- ``model``: a reward-model export, scored through
+  :class:`rlhf_jax.reward.scoring.RewardScorer` (the text decoded, re-templated
+  with ``reward.template`` and re-tokenised with the reward model's tokenizer);
+- ``function``: ``reward.function = "module:name"``, a Python function of the
+  prompt and response texts returning one finite score each (e.g.
+  ``rlhf_jax.data.synthetic:gold_reward``);
+- ``length_only`` (LPPO): no score here; the ``length_only`` shaper computes it
+  from the response length inside the update.
+
+A reward model named in ``reward.model`` is scored with every kind, as the reward
+itself or as a monitor (``env/rm_score``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from rlhf_jax.config import ConfigError
+from rlhf_jax.models.build import scalar_model, tokenizer_for
+from rlhf_jax.reward.scoring import RewardScorer
+
+REWARD_KINDS = ("model", "length_only", "function")
+
+
+def import_reward_function(spec: str) -> Callable:
+    """``"package.module:name"`` → the function ``name(prompts, responses) -> scores``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"config key 'reward.function' = {spec!r}; expected 'module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"config key 'reward.function' = {spec!r}: {err}") from None
+
+
+def export_spec(init: str) -> ml_collections.ConfigDict:
+    """A model spec that loads a previous stage's export as it was saved (float32)."""
+    return ml_collections.ConfigDict({"init": init, "overrides": {}, "dtype": "float32",
+                                      "param_dtype": "float32", "remat": "none"})
+
+
+class Rewards:
+    """``rewards(prompts, responses) -> (raw scores [b], reward-model scores [b] or None)``."""
+
+    def __init__(self, reward_cfg):
+        self.cfg = reward_cfg
+        self.kind = reward_cfg.kind
+        if self.kind not in REWARD_KINDS:
+            raise ConfigError(f"config key 'reward.kind' = {self.kind!r}; expected one of "
+                              f"{REWARD_KINDS}")
+        if self.kind == "model" and not reward_cfg.model:
+            raise ConfigError("config key 'reward.model' is empty: set the reward model's "
+                              "export directory (or reward.kind='length_only')")
+        self.function = (import_reward_function(reward_cfg.function) if self.kind == "function"
+                         else None)
+        self.scorer = None
+        if reward_cfg.model:
+            model, params = scalar_model(export_spec(reward_cfg.model), jax.random.key(0))
+            tokenizer = tokenizer_for(reward_cfg.tokenizer, reward_cfg.model)
+            try:
+                self.scorer = RewardScorer(model, jax.device_put(params), tokenizer,
+                                           template=reward_cfg.template,
+                                           max_length=reward_cfg.max_length,
+                                           buckets=reward_cfg.buckets,
+                                           append_eos=reward_cfg.append_eos)
+            except ValueError as err:
+                raise ConfigError(f"reward model {reward_cfg.model}: {err}") from None
+
+    def __call__(self, prompts, responses) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        rm_scores = self.scorer(prompts, responses) if self.scorer is not None else None
+        if self.kind == "model":
+            return rm_scores, rm_scores
+        if self.kind == "function":
+            return function_scores(self.function, prompts, responses, self.cfg.function), rm_scores
+        return np.zeros(len(responses), np.float32), rm_scores
+
+
+def function_scores(fn, prompts, responses, name: str) -> np.ndarray:
+    """Call a user reward function and check it returned one finite float per response."""
+    scores = np.asarray(fn(prompts, responses), np.float32)
+    if scores.shape != (len(responses),) or not np.all(np.isfinite(scores)):
+        raise ValueError(f"reward function {name} must return {len(responses)} finite scores; "
+                         f"got shape {scores.shape}")
+    return scores

@@ -1,0 +1,150 @@
+"""The models of a PPO run, their shardings and compiled functions (Singhal et al. 2023 §2.2, TRL 0.5).
+
+- **policy**: the SFT checkpoint, with a scalar value head on its trunk
+  (``ppo.value_model = "shared"``, TRL's ``AutoModelForCausalLMWithValueHead``), or
+  with a separate value model initialised from the reward model (``"separate"``);
+- **reference**: frozen; the initial policy (a copy of its weights) or the
+  checkpoint ``ppo.reference`` (checked against the policy's shapes);
+- the optimizer (:func:`rlhf_jax.training.optimizer_for` of the ``ppo`` section).
+
+:func:`build_roles` returns the :class:`Roles` and the initial
+:class:`~rlhf_jax.ppo.update.PPOState`, placed on the mesh: params and optimizer
+state by their logical axes, the rest replicated. :class:`Roles` holds the
+compiled functions a step calls: the update (explicit in/out shardings, state
+donated), the reference and policy forwards, the cut at the length caps and the
+row gather of ``omit_long="replace"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax import sharding, training
+from rlhf_jax.config import ConfigError
+from rlhf_jax.models.build import causal_lm, scalar_model
+from rlhf_jax.models.heads import PolicyWithValue, ScalarModel, lm_params
+from rlhf_jax.models.transformer import CausalLM
+from rlhf_jax.ppo import rollout, shaping
+from rlhf_jax.ppo.rewards import export_spec
+from rlhf_jax.ppo.update import PPOState, ppo_update
+from rlhf_jax.stage import check_vocab
+
+VALUE_MODELS = ("shared", "separate")
+
+
+@dataclasses.dataclass
+class Roles:
+    """The run's models and compiled functions (see the module docstring)."""
+
+    lm: CausalLM                      # the policy's language model (sampling, reference forward)
+    policy_model: Any                 # PolicyWithValue (shared) or the CausalLM (separate)
+    value_model: Optional[ScalarModel]
+    reference: dict                   # frozen reference params, on the mesh
+    tx: Any
+    shardings: PPOState
+    update: Callable                  # (state, batch) -> (state, metrics)
+    ref_forward: Callable             # (ref params, prompt_ids, prompt_mask, tokens, mask) -> logprobs
+    policy_forward: Callable          # (params, ...) -> (logprobs, values)
+    cut: Callable                     # (tokens, mask, caps [b]) -> (tokens, mask, lengths, ended)
+
+    @staticmethod
+    @jax.jit
+    def take_rows(index, *arrays):
+        """Rows ``index`` of each array (``omit_long="replace"``)."""
+        return tuple(a[index] for a in arrays)
+
+
+def check_same_shapes(expected, actual, what: str) -> None:
+    """``actual`` must have ``expected``'s parameters with the same shapes; the first difference is named."""
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(actual)}
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            raise ConfigError(f"{what} does not match the policy: parameter {name} has shape "
+                              f"{got.get(name)}, the policy's is {want.get(name)}")
+
+
+def load_reference(config, policy_params):
+    """A copy of the initial policy (the state is donated), or ``ppo.reference`` checked against it."""
+    path = config.ppo.reference
+    if not path:
+        return jax.tree.map(jnp.copy, policy_params)
+    _, reference = causal_lm(export_spec(path), jax.random.key(0))
+    check_same_shapes(policy_params, reference, f"reference {path}")
+    return reference
+
+
+def initial_params(config, key):
+    """``(lm, policy_model, value_model, params)`` with ``params = {"policy"[, "value"]}``."""
+    lm, lm_p = causal_lm(config.model, key)
+    lm = CausalLM(lm.config)
+    if config.ppo.value_model == "shared":
+        policy_model = PolicyWithValue(lm.config)
+        head = flax.linen.unbox(policy_model.init(jax.random.key(1), jnp.zeros((1, 2), jnp.int32)))
+        return lm, policy_model, None, {"policy": {**lm_p,
+                                                   "value_head": head["params"]["value_head"]}}
+    if config.ppo.value_model != "separate":
+        raise ConfigError(f"config key 'ppo.value_model' = {config.ppo.value_model!r}; expected "
+                          f"one of {VALUE_MODELS}")
+    if not config.reward.model:
+        raise ConfigError("ppo.value_model='separate' initialises the value model from "
+                          "reward.model, which is empty")
+    value_model, value_p = scalar_model(export_spec(config.reward.model), key, readout="all")
+    return lm, lm, ScalarModel(value_model.config, readout="all"), {"policy": lm_p,
+                                                                     "value": value_p}
+
+
+def state_shardings(state: PPOState, policy_model, value_model, tx, mesh) -> PPOState:
+    """Params and optimizer state over the mesh by their logical axes; the rest replicated."""
+    param_sh = {"policy": sharding.param_shardings(policy_model, mesh)}
+    if value_model is not None:
+        param_sh["value"] = sharding.param_shardings(value_model, mesh)
+    replicated = sharding.replicated(mesh)
+    opt_sh = sharding.optimizer_state_shardings(tx, jax.eval_shape(lambda: state.opt_state),
+                                                param_sh, mesh)
+    return PPOState(step=replicated, params=param_sh, opt_state=opt_sh, kl_coef=replicated,
+                    window=jax.tree.map(lambda _: replicated, state.window), key=replicated)
+
+
+def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[Roles, PPOState]:
+    """The run's :class:`Roles` and its initial state on ``mesh``."""
+    c, p = config, config.ppo
+    key = jax.random.key(c.seed)
+    lm, policy_model, value_model, params = initial_params(c, key)
+    check_vocab(tokenizer, lm.config, role="policy")
+    reference = load_reference(c, lm_params(params["policy"]))
+    updates = p.steps * p.ppo_epochs * (p.batch_size // p.mini_batch_size)
+    tx = training.optimizer_for(p, updates)
+    state = PPOState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     kl_coef=jnp.float32(p.init_kl_coef),
+                     window=shaping.RewardWindow.empty(c.shaping.window, c.shaping.window_groups),
+                     key=jax.random.fold_in(key, 7))
+    shardings = state_shardings(state, policy_model, value_model, tx, mesh)
+    ref_sh = (shardings.params["policy"] if value_model is not None
+              else lm_params(shardings.params["policy"]))
+    with sharding.use_mesh(mesh):
+        state = jax.device_put(state, shardings)
+        reference = jax.device_put(reference, ref_sh)
+    update = jax.jit(functools.partial(ppo_update, policy_model=policy_model,
+                                       value_model=value_model, tx=tx, cfg=c),
+                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=(shardings, None), donate_argnums=(0,))
+    ref_forward = jax.jit(lambda ref, *a: rollout.policy_outputs(lm, ref, *a, with_values=False)[0])
+    if value_model is None:
+        policy_forward = jax.jit(lambda prm, *a: rollout.policy_outputs(
+            policy_model, prm["policy"], *a, with_values=True)[:2])
+    else:
+        policy_forward = jax.jit(lambda prm, *a: (
+            rollout.policy_outputs(lm, prm["policy"], *a, with_values=False)[0],
+            rollout.scalar_values(value_model, prm["value"], *a)))
+    cut = jax.jit(functools.partial(rollout.cut_to_length, eos_ids=(eos_id,), pad_id=pad_id))
+    roles = Roles(lm=lm, policy_model=policy_model, value_model=value_model, reference=reference,
+                  tx=tx, shardings=shardings, update=update, ref_forward=ref_forward,
+                  policy_forward=policy_forward, cut=cut)
+    return roles, state
