@@ -53,7 +53,9 @@ def read_passes(path: str) -> dict:
 
 
 def confidence_and_variability(passes: dict) -> dict:
-    """``{id: (confidence, variability)}``: mean and std of the margins of passes 1, 2, … (pass 0 skipped).
+    """``{id: (confidence, variability)}``: mean and sample std (n − 1, ``statistics.stdev``) of
+    the raw margins ``r⁺ − r⁻`` of passes 1, 2, … (pass 0 skipped), as ``examine_dcarto.ipynb``'s
+    ``mean(m[1:])`` and ``stdev(m[1:])``.
 
     ``passes`` is :func:`read_passes`' ``{pass index: {id: margin}}``. Needs at
     least one pass after the first (with a single one, variability is 0); an id
@@ -72,33 +74,37 @@ def confidence_and_variability(passes: dict) -> dict:
     stats = {}
     for example_id in ids:
         values = np.asarray([p[example_id] for p in later if example_id in p], np.float64)
-        stats[example_id] = (float(values.mean()), float(values.std()))
+        spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        stats[example_id] = (float(values.mean()), spread)
     return stats
 
 
 def thresholds(stats: dict, low: float, high: float, *, by: str = "value") -> tuple:
-    """``(low, high)`` confidence bounds: as given (``by="value"``) or as quantiles of the confidences."""
+    """``(low, high)`` confidence bounds: as given (``by="value"``, the paper's fixed cuts) or as
+    quantiles of the confidences (quantile 0 and 1 are open: −∞ and +∞, so the extremes stay)."""
     if by == "value":
         return low, high
     if by == "quantile":
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"C-TR quantile bounds must satisfy 0 ≤ low ≤ high ≤ 1; got {low}, {high}")
         confidence = np.asarray([c for c, _ in stats.values()])
-        return float(np.quantile(confidence, low)), float(np.quantile(confidence, high))
+        return (float(np.quantile(confidence, low)) if low > 0 else -np.inf,
+                float(np.quantile(confidence, high)) if high < 1 else np.inf)
     raise ValueError(f"rm.ctr.by must be 'value' or 'quantile', got {by!r}")
 
 
 def select_by_confidence(examples: Sequence[dict], stats: dict, *, low: float, high: float,
                          drops: DropCounter = None) -> list:
-    """C-TR: the examples whose confidence is in ``[low, high]`` (no statistics: dropped, counted)."""
+    """C-TR: the examples with ``low < confidence < high`` (strict, as ``examine_dcarto.ipynb``'s
+    ``(confs > low) & (confs < high)``); examples without statistics are dropped and counted."""
     drops = DropCounter() if drops is None else drops
     kept = []
     for example in examples:
         entry = stats.get(example["id"])
         if entry is None:
             drops.add("no cartography statistics")
-        elif not low <= entry[0] <= high:
-            drops.add(f"confidence outside [{low}, {high}]")
+        elif not low < entry[0] < high:
+            drops.add(f"confidence outside ({low}, {high})")
         else:
             kept.append(example)
     drops.log(log, "select_by_confidence")

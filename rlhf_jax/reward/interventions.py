@@ -1,8 +1,8 @@
 """The paper's reward-model-side interventions and the length heuristic (Singhal et al. 2023, §4.2, Table 4).
 
-Each function takes and returns plain lists of preference pairs (dicts with
+The building blocks take and return plain lists of preference pairs (dicts with
 ``id``, ``prompt``, ``chosen``, ``rejected``) or tokenised examples with
-``chosen_len``/``rejected_len`` (response lengths in tokens), and is seeded.
+``chosen_len``/``rejected_len`` (response lengths in tokens), and are seeded.
 
 - :func:`length_heuristic`: fraction of pairs whose chosen response is strictly longer.
 - :func:`balance_by_length` (BAL): equal counts of chosen-longer and chosen-shorter
@@ -10,18 +10,82 @@ Each function takes and returns plain lists of preference pairs (dicts with
 - :func:`random_data_augmentation` (R-DA): extra pairs (prompt, own chosen ≻ another
   example's chosen).
 - Confidence-based truncation (C-TR) lives in :mod:`rlhf_jax.reward.cartography`.
+
+``rm.intervention`` selects one entry of :data:`RM_INTERVENTIONS`: a function
+``fn(train_examples, data: InterventionData, rm_cfg) -> train_examples`` registered
+with :func:`register_intervention` (``needs_cartography=True`` makes the stage
+compute the cartography statistics of a standard run first).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from rlhf_jax.data.records import DropCounter
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class InterventionData:
+    """What an intervention may use besides the tokenised train examples."""
+
+    pairs: list                        # the train pairs as read (text)
+    tokenize: Callable[[list], list]   # pairs -> tokenised examples (over-long ones dropped)
+    seed: int
+    drops: DropCounter                 # count what the intervention drops here
+    cartography: Optional[dict] = None  # {id: (confidence, variability)} when needed
+
+
+@dataclasses.dataclass(frozen=True)
+class RMIntervention:
+    fn: Callable
+    needs_cartography: bool = False
+
+
+RM_INTERVENTIONS: dict[str, RMIntervention] = {}
+"""Reward-model interventions by name (``rm.intervention``)."""
+
+
+def register_intervention(name: str, needs_cartography: bool = False):
+    """Register ``fn(train_examples, data, rm_cfg) -> train_examples`` as intervention ``name``."""
+    def register(fn):
+        RM_INTERVENTIONS[name] = RMIntervention(fn, needs_cartography)
+        return fn
+    return register
+
+
+@register_intervention("none")
+def no_intervention(examples, data: InterventionData, cfg):
+    """The standard reward model: the train set as it is."""
+    return examples
+
+
+@register_intervention("bal")
+def bal(examples, data: InterventionData, cfg):
+    """BAL: :func:`balance_by_length` with ``rm.bal.bin_width`` and ``rm.bal.limit``."""
+    return balance_by_length(examples, seed=data.seed, bin_width=cfg.bal.bin_width,
+                             limit=cfg.bal.limit, drops=data.drops)
+
+
+@register_intervention("rda")
+def rda(examples, data: InterventionData, cfg):
+    """R-DA: :func:`random_data_augmentation` of the train pairs (``rm.rda.fraction``), re-tokenised."""
+    return data.tokenize(random_data_augmentation(data.pairs, fraction=cfg.rda.fraction,
+                                                  seed=data.seed))
+
+
+@register_intervention("ctr", needs_cartography=True)
+def ctr(examples, data: InterventionData, cfg):
+    """C-TR: :func:`~rlhf_jax.reward.cartography.select_by_confidence` between ``rm.ctr`` bounds."""
+    from rlhf_jax.reward import cartography
+    low, high = cartography.thresholds(data.cartography, cfg.ctr.low, cfg.ctr.high, by=cfg.ctr.by)
+    return cartography.select_by_confidence(examples, data.cartography, low=low, high=high,
+                                            drops=data.drops)
 
 
 def length_heuristic(chosen_lengths: Sequence[int], rejected_lengths: Sequence[int]) -> float:

@@ -31,7 +31,6 @@ from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.preferences import preference_splits
 from rlhf_jax.data.records import DropCounter
-from rlhf_jax.defaults import INTERVENTIONS
 from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models.build import save_scalar_model, scalar_model
 from rlhf_jax.stage import check_vocab, experiment_tokenizer
@@ -88,9 +87,9 @@ class RewardTrainer:
     """Builds the model, data, mesh and compiled steps of one reward-model run."""
 
     def __init__(self, config, workdir: str):
-        if config.rm.intervention not in INTERVENTIONS:
+        if config.rm.intervention not in interventions.RM_INTERVENTIONS:
             raise ConfigError(f"config key 'rm.intervention' = {config.rm.intervention!r}; "
-                              f"expected one of {INTERVENTIONS}")
+                              f"expected one of {sorted(interventions.RM_INTERVENTIONS)}")
         self.config = config
         self.rm = config.rm
         self.workdir = Workdir(workdir)
@@ -104,9 +103,6 @@ class RewardTrainer:
         """Tokenised train/eval examples after the configured intervention, with their statistics."""
         data = self.config.data
         train_pairs, eval_pairs = preference_splits(data)
-        if self.rm.intervention == "rda":
-            train_pairs = interventions.random_data_augmentation(
-                train_pairs, fraction=self.rm.rda.fraction, seed=self.config.seed)
         tokenize = functools.partial(pipeline.tokenize_pairs, tokenizer=self.tokenizer,
                                      template=data.template, max_length=data.max_length,
                                      append_eos=self.rm.append_eos)
@@ -114,15 +110,12 @@ class RewardTrainer:
         evals, eval_drops = tokenize(eval_pairs, source=f"{data.source} eval")
         before = dataset_stats(train)
         intervention_drops = DropCounter()
-        if self.rm.intervention == "bal":
-            train = interventions.balance_by_length(
-                train, seed=self.config.seed, bin_width=self.rm.bal.bin_width,
-                limit=self.rm.bal.limit, drops=intervention_drops)
-        elif self.rm.intervention == "ctr":
-            low, high = cartography.thresholds(cartography_stats, self.rm.ctr.low, self.rm.ctr.high,
-                                               by=self.rm.ctr.by)
-            train = cartography.select_by_confidence(train, cartography_stats, low=low, high=high,
-                                                     drops=intervention_drops)
+        context = interventions.InterventionData(
+            pairs=train_pairs, seed=self.config.seed, drops=intervention_drops,
+            cartography=cartography_stats,
+            tokenize=lambda pairs: tokenize(pairs, source=f"{data.source} train (augmented)")[0])
+        chosen = interventions.RM_INTERVENTIONS[self.rm.intervention]
+        train = chosen.fn(train, context, self.rm)
         if len(train) < self.rm.batch_size * jax.process_count():
             raise ValueError(f"only {len(train)} training pairs left after filtering; need at least "
                              f"one batch of {self.rm.batch_size} per process")
@@ -213,7 +206,8 @@ def train_reward_model(config, workdir: str) -> dict:
         log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
     trainer = RewardTrainer(config, workdir)
-    stats = _cartography_stats(config, wd) if config.rm.intervention == "ctr" else None
+    needs = interventions.RM_INTERVENTIONS[config.rm.intervention].needs_cartography
+    stats = _cartography_stats(config, wd) if needs else None
     data = trainer.prepare_data(stats)
     carto = wd.file(CARTOGRAPHY_LOG) if config.rm.cartography else None
     state, outcome = trainer.fit(data, cartography_log=carto)

@@ -102,14 +102,14 @@ def test_cartography_statistics_and_selection(tmp_path):
     stats = cartography.confidence_and_variability(cartography.read_passes(log))
     for key, values in margins.items():
         later = np.asarray(values[1:])  # the first pass is skipped
-        assert stats[key] == pytest.approx((later.mean(), later.std()))
+        assert stats[key] == pytest.approx((later.mean(), later.std(ddof=1)))
     examples = [{"id": k} for k in ("a", "b", "c", "missing")]
     kept = cartography.select_by_confidence(examples, stats, low=-0.5, high=3.0)
     assert [e["id"] for e in kept] == ["a", "b"]
     low, high = cartography.thresholds(stats, 0.0, 0.5, by="quantile")
-    assert (low, high) == (0.0, 2.0)  # the confidences are 0, 2, 5
+    assert (low, high) == (-np.inf, 2.0)  # the confidences are 0, 2, 5; quantile 0 stays open
     kept = cartography.select_by_confidence(examples, stats, low=low, high=high)
-    assert [e["id"] for e in kept] == ["a", "b"]
+    assert [e["id"] for e in kept] == ["b"]  # strict: the median itself is out
     table = cartography.plot_cartography(stats, {"a": (5, 3), "b": (2, 4), "c": (6, 1)},
                                          str(tmp_path / "map.png"), bins=3)
     assert (tmp_path / "map.png").stat().st_size > 1000
@@ -123,3 +123,39 @@ def test_cartography_needs_two_passes_and_valid_lines(tmp_path):
     bad.write_text('{"pass": 0, "margins": {}}\nnot json\n')
     with pytest.raises(ValueError, match="line 2"):
         cartography.read_passes(str(bad))
+
+
+def test_ctr_is_examine_dcarto_with_the_papers_cuts(tmp_path):
+    """The notebook (de0344a ``notebooks/eval/examine_dcarto.ipynb``): per uid, the margins
+    ``rew_j − rew_k`` in log order; ``confs = mean(m[1:])``, ``vars = stdev(m[1:])``; keep
+    ``(confs > low) & (confs < high)`` with WebGPT's cuts (−0.2, 0.4)."""
+    import statistics
+
+    from rlhf_jax.defaults import PAPER_CTR_CUTS, paper_reward_model_config
+    rng = np.random.default_rng(4)
+    ids = [f"e{i}" for i in range(40)]
+    margins = {i: list(rng.normal(0.1, 0.4, 5)) for i in ids}
+    margins["e0"][1:] = [0.4] * 4     # confidence exactly on the upper cut: out (strict)
+    margins["e1"][1:] = [-0.2] * 4    # exactly on the lower cut: out
+    log = str(tmp_path / "carto.jsonl")
+    for k in range(5):
+        cartography.append_pass(log, k, ids, [margins[i][k] for i in ids])
+    stats = cartography.confidence_and_variability(cartography.read_passes(log))
+    config = paper_reward_model_config("webgpt", "ctr")
+    assert (config.rm.ctr.low, config.rm.ctr.high) == PAPER_CTR_CUTS["webgpt"] == (-0.2, 0.4)
+    assert config.rm.ctr.by == "value" and config.rm.ctr.cartography_epochs == 5
+    low, high = cartography.thresholds(stats, config.rm.ctr.low, config.rm.ctr.high,
+                                       by=config.rm.ctr.by)
+    kept = {e["id"] for e in cartography.select_by_confidence([{"id": i} for i in ids], stats,
+                                                              low=low, high=high)}
+    confs = {i: statistics.mean(margins[i][1:]) for i in ids}
+    want = {i for i in ids if confs[i] > -0.2 and confs[i] < 0.4}
+    assert kept == want and "e0" not in kept and "e1" not in kept and 0 < len(want) < len(ids)
+    for i in ids:
+        assert stats[i][1] == pytest.approx(statistics.stdev(margins[i][1:]), abs=1e-12)
+
+
+def test_interventions_are_a_registry():
+    assert set(interventions.RM_INTERVENTIONS) >= {"none", "bal", "rda", "ctr"}
+    assert interventions.RM_INTERVENTIONS["ctr"].needs_cartography
+    assert not interventions.RM_INTERVENTIONS["bal"].needs_cartography
