@@ -37,7 +37,7 @@ def data_spec(source: str = "synthetic") -> mlc.ConfigDict:
         "tokenizer": "",           # "" = the model checkpoint's (synthetic: the task's own)
         "seed": 0,
         "prompt_split": "train",   # PPO prompts: the distinct prompts of this split
-        "max_prompt_length": 512,  # paper: prompts over 512 tokens are dropped
+        "max_prompt_length": 512,  # paper: prompts of 512 tokens or more are dropped (keeps < 512)
         "synthetic": {"task": {"num_topics": 16, "seed": 0}, "num_train": 2000, "num_eval": 500,
                       "num_sft": 2000, "num_prompts": 1000, "alpha": 1.0, "beta": 0.0, "seed": 0},
     })

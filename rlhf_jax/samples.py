@@ -76,8 +76,8 @@ def generate_samples(model, params, tokenizer, prompts: Sequence[dict], *, sampl
     eos = tokenizer.eos_token_id
     pad = pipeline.pad_token_id(tokenizer)
     jobs = [(p, s) for p in prompts for s in range(samples_per_prompt)]
-    encoded = {p["id"]: tokenizer(policy_prompt(p["prompt"], template),
-                                  add_special_tokens=False)["input_ids"] for p in prompts}
+    encoded = dict(zip([p["id"] for p in prompts], pipeline.policy_prompt_ids(
+        tokenizer, [policy_prompt(p["prompt"], template) for p in prompts])))
     rows = []
     for start in tqdm(range(0, len(jobs), batch_size), desc="generate",
                       disable=jax.process_index() != 0):

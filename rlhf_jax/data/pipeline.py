@@ -31,6 +31,13 @@ def _token_ids(tokenizer, texts: Sequence[str]) -> list:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
+def policy_prompt_ids(tokenizer, texts: Sequence[str]) -> list:
+    """A policy's prompt ids, as the paper's ``mapfilt`` tokenises queries: with the tokenizer's
+    own special tokens (LLaMA: BOS; GPT-2/SmolLM2/ChatML prompts: none), the same in SFT, PPO
+    and sampling."""
+    return tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+
+
 def _with_eos(ids: list, eos_id: Optional[int]) -> np.ndarray:
     return np.asarray(list(ids) + ([eos_id] if eos_id is not None else []), np.int32)
 
@@ -79,7 +86,7 @@ def tokenize_pairs(pairs: Sequence[dict], tokenizer, *, template: str = "questio
 def tokenize_sft(examples: Sequence[dict], tokenizer, *, template: str = "plain",
                  max_length: int = 512, source: str = "sft"):
     """SFT examples: ``ids`` = prompt + response + EOS, ``loss_mask`` = 1 on response tokens (and EOS)."""
-    prompts = _token_ids(tokenizer, [policy_prompt(e["prompt"], template) for e in examples])
+    prompts = policy_prompt_ids(tokenizer, [policy_prompt(e["prompt"], template) for e in examples])
     responses = _token_ids(tokenizer, [e["response"] for e in examples])
     drops, out = DropCounter(), []
     for i, example in enumerate(examples):

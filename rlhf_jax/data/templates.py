@@ -32,15 +32,38 @@ response starts with a space."""
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n")
-"""Policy prompt for WebGPT and RLCD (the paper: the Alpaca template)."""
+    "completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:")
+"""Policy prompt for WebGPT (the paper's ``webgpt_template``: Alpaca, nothing after "Response:")."""
 
 STACK_PROMPT = "Question: {prompt}\n\nAnswer: "
 """Policy prompt for Stack Exchange (the paper, as in StackLLaMA)."""
 
+def rlcd_context(dialogue: str) -> str:
+    """The paper's RLCD query (``build_rlcd_promptdata``): an hh-rlhf dialogue from after its
+    first ``"Human:"`` to before its last ``"Assistant:"``, stripped; inner turn markers stay."""
+    if "Human:" not in dialogue or "Assistant:" not in dialogue:
+        raise ValueError(f"not an hh-rlhf dialogue (no Human:/Assistant: turns): {dialogue[:80]!r}")
+    start = dialogue.index("Human:") + len("Human:")
+    end = dialogue.rindex("Assistant:")
+    return dialogue[start:end].strip()
+
+
+def rlcd_rm_text(prompt: str, response: str) -> str:
+    """RLCD's reward-model input in PPO: ``"Question: " + context + "\n\nAnswer: " + response``."""
+    return "Question: " + rlcd_context(prompt) + "\n\nAnswer: " + response
+
+
+def rlcd_policy_prompt(prompt: str) -> str:
+    """RLCD's policy prompt: the Alpaca template around
+    ``"Continue the conversation:\n\n" + context + "\n\nAssistant: "``."""
+    instruction = "Continue the conversation:\n\n" + rlcd_context(prompt) + "\n\nAssistant: "
+    return _fill(ALPACA_PROMPT, {"prompt": instruction})
+
+
 TEMPLATES = {
     "question_answer": QUESTION_ANSWER,
     "dialogue": DIALOGUE,
+    "rlcd": rlcd_rm_text,
 }
 """Reward-model input templates by name."""
 
@@ -73,6 +96,7 @@ def dialogue_to_chatml(prompt: str) -> str:
 
 PROMPT_TEMPLATES = {
     "alpaca": ALPACA_PROMPT,
+    "rlcd": rlcd_policy_prompt,
     "stack": STACK_PROMPT,
     "plain": "{prompt}",
     "dialogue": "{prompt}",
@@ -104,6 +128,8 @@ def rm_text(prompt: str, response: str, template: str = "question_answer") -> st
     ``{response}``. Unknown names raise ``KeyError`` listing the known ones.
     """
     fmt = _resolve(template, TEMPLATES, "reward-model", ("prompt", "response"))
+    if callable(fmt):
+        return fmt(prompt, response)
     return _fill(fmt, {"prompt": prompt, "response": response})
 
 

@@ -3,7 +3,7 @@
 Paper (§3): WebGPT's questions, Stack Exchange's ``rl`` folder, and hh-rlhf
 helpful-base prompts for RLCD. Each prompt is formatted with the policy template
 (``data.prompt_template``: Alpaca for WebGPT/RLCD, "Question: …\\n\\nAnswer: " for
-Stack) and tokenised once; prompts over ``data.max_prompt_length`` tokens are
+Stack) and tokenised once; prompts of ``data.max_prompt_length`` tokens or more are
 dropped and counted (paper: 512). An empty set after filtering is an error.
 
 ``data.prompt_split`` names a split of the source, or ``preference:train`` /
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from rlhf_jax.config import ConfigError
+from rlhf_jax.data import pipeline
 from rlhf_jax.data.records import DataError, DropCounter
 from rlhf_jax.data.templates import policy_prompt
 
@@ -88,10 +89,11 @@ def prompt_set(config, tokenizer, *, need: int = None) -> list:
         except ValueError as err:
             raise DataError(f"{config.data.source}/{config.data.prompt_split} prompt {i}: cannot apply "
                             f"data.prompt_template={config.data.prompt_template!r}: {err}") from None
-    ids = tokenizer(formatted, add_special_tokens=False)["input_ids"] if texts else []
+    ids = pipeline.policy_prompt_ids(tokenizer, formatted)
     for text, token_ids in zip(texts, ids):
-        if len(token_ids) > config.data.max_prompt_length:
-            drops.add(f"longer than data.max_prompt_length={config.data.max_prompt_length} tokens")
+        if len(token_ids) >= config.data.max_prompt_length:  # the paper keeps len < 512
+            drops.add(f"not shorter than data.max_prompt_length={config.data.max_prompt_length} "
+                      "tokens")
             continue
         if not token_ids:
             drops.add("empty after tokenisation")

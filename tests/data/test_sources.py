@@ -113,7 +113,10 @@ def test_templates():
     assert rm_text("\n\nHuman: hi\n\nAssistant:", " yo", "dialogue") == "\n\nHuman: hi\n\nAssistant: yo"
     assert policy_prompt("Q?", "stack") == "Question: Q?\n\nAnswer: "
     assert policy_prompt("Do X", "alpaca") == ALPACA_PROMPT.replace("{prompt}", "Do X")
-    assert policy_prompt("Do X", "alpaca").endswith("### Instruction:\nDo X\n\n### Response:\n")
+    # The paper's webgpt_template (rlhfutils/data.py): nothing after "### Response:".
+    assert policy_prompt("Do X", "alpaca") == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\n" + "Do X" + "\n\n### Response:")
     assert policy_prompt("p", "plain") == "p" and policy_prompt("p", "dialogue") == "p"
     # literal templates; braces in texts or elsewhere in the template are left alone
     assert policy_prompt("a {response} {x}", "<<{prompt}>> {json}") == "<<a {response} {x}>> {json}"
@@ -457,3 +460,25 @@ def test_chatml_template_without_leading_blank_line_or_markers():
     assert policy_prompt("Human: hi\n\nAssistant:", "chatml") == \
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert policy_prompt("\n\nhello", "chatml") == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_rlcd_prompt_and_reward_input_follow_build_rlcd_promptdata():
+    """The paper's RLCD PPO data (rlhfutils/data.py, de0344a): from an hh-rlhf ``chosen``
+    dialogue, ``hind = q.index("Human:") + 6``, ``aind = q.rindex("Assistant:") + 10``,
+    ``qstr = q[hind:aind - 10]``; policy input ``webgpt_template("Continue the
+    conversation:\\n\\n" + qstr.strip() + "\\n\\nAssistant: ")``; RM text
+    ``"Question: " + qstr.strip() + "\\n\\nAnswer: " + response``."""
+    def webgpt_template(strval):
+        return ("Below is an instruction that describes a task. Write a response that "
+                "appropriately completes the request.\n\n### Instruction:\n" + strval +
+                "\n\n### Response:")
+    for dialogue in ["\n\nHuman: What is X?\n\nAssistant:",
+                     "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Why  \n\nAssistant:"]:
+        hind = dialogue.index("Human:") + 6
+        aind = dialogue.rindex("Assistant:") + len("Assistant:")
+        qstr = dialogue[hind:aind - len("Assistant:")]
+        assert policy_prompt(dialogue, "rlcd") == webgpt_template(
+            "Continue the conversation:\n\n" + qstr.strip() + "\n\nAssistant: ")
+        assert rm_text(dialogue, " Sure.", "rlcd") == "Question: " + qstr.strip() + "\n\nAnswer: " + " Sure."
+    with pytest.raises(ValueError, match="not an hh-rlhf dialogue"):
+        policy_prompt("no turns here", "rlcd")
