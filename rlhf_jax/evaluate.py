@@ -12,10 +12,11 @@ A judge compares A's and B's answers to each prompt and returns 1 (A better),
   and reused on rerun, so nothing already judged is lost.
 
 Statistics: :func:`win_rate` (ties count ½) with a paired bootstrap 95% interval
-over prompts (:func:`bootstrap_interval`), and :func:`length_controlled_win_rate`:
-a logistic model ``P(A wins) = σ(θ₀ + θ₁·Δlen/s)`` fitted to the decisive
-comparisons, reported at ``Δlen = 0`` (``σ(θ₀)``), as length-controlled
-AlpacaEval does.
+over prompts (:func:`bootstrap_interval`), and :func:`length_controlled_win_rate`,
+AlpacaEval 2's length-controlled win rate (Dubois et al. 2024), which the paper
+predates: a GLM of the judge's preference on ``tanh`` of the standardised
+length difference in characters (and an instruction-difficulty term when one is
+known), read with the length difference set to 0.
 """
 
 from __future__ import annotations
@@ -55,37 +56,102 @@ def bootstrap_interval(outcomes_by_prompt: Sequence[Sequence[float]], *, samples
     return float(np.quantile(rates, tail)), float(np.quantile(rates, 1.0 - tail))
 
 
-def length_controlled_win_rate(outcomes: Sequence[float], length_diffs: Sequence[float]) -> dict:
-    """``σ(θ₀)`` of ``P(A wins) = σ(θ₀ + θ₁·Δlen/s)`` fitted by maximum likelihood.
+LC_CS = np.logspace(-4, 4, 10)
+"""The inverse L1 strengths searched by cross-validation (sklearn's ``LogisticRegressionCV(Cs=10)``)."""
 
-    ``Δlen = len(A) − len(B)``, scaled by its standard deviation ``s``; ties enter
-    with target ½ (the likelihood is the cross-entropy against the outcome).
-    Returns ``{"lc_win_rate", "theta0", "theta1_per_token"}``.
+
+def l1_logistic_fit(features, targets, C: float) -> np.ndarray:
+    """``argmin_θ ‖θ‖₁ + C·Σᵢ [log(1 + e^{xᵢθ}) − yᵢ·xᵢθ]``: liblinear's L1 logistic objective
+    (no separate intercept) with soft targets ``y ∈ [0, 1]``, solved with ``θ = u − v``,
+    ``u, v ≥ 0`` by L-BFGS-B."""
+    x = np.asarray(features, float)
+    y = np.asarray(targets, float)
+    d = x.shape[1]
+
+    def objective(uv):
+        theta = uv[:d] - uv[d:]
+        z = x @ theta
+        value = np.sum(uv) + C * np.sum(np.logaddexp(0.0, z) - y * z)
+        g = C * (x.T @ (special.expit(z) - y))
+        return value, np.concatenate([1.0 + g, 1.0 - g])
+
+    fit = optimize.minimize(objective, np.zeros(2 * d), jac=True, method="L-BFGS-B",
+                            bounds=[(0.0, None)] * (2 * d),
+                            options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10000})
+    return fit.x[:d] - fit.x[d:]
+
+
+def _soft_log_loss(targets, probabilities) -> float:
+    p = np.clip(probabilities, 1e-15, 1 - 1e-15)
+    return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
+
+
+def length_controlled_win_rate(outcomes: Sequence[float], lengths_a: Sequence[float],
+                               lengths_b: Sequence[float], instruction_difficulty=None, *,
+                               n_splits: int = 5, Cs: Sequence[float] = LC_CS) -> dict:
+    """AlpacaEval 2's length-controlled win rate of A (the model) against B (the baseline).
+
+    The GLM of ``alpaca_eval.metrics.glm_winrate`` (``length_controlled_noreg``, or
+    ``length_controlled_minimal`` without a difficulty)::
+
+        P(A preferred)ᵢ = σ(θ_len·tanh(Δᵢ / sd(Δ)) + θ_diff·difficultyᵢ + θ₀)
+
+    with ``Δ = len(B) − len(A)`` in **characters** (AlpacaEval's baseline-minus-model
+    ``len(output_1) − len(output_2)``, ``sd`` with n − 1), ``difficulty`` the
+    instruction-difficulty feature of each comparison's prompt (AlpacaEval's are
+    fitted across its leaderboard; pass them when known, else the term is left
+    out), and no separate intercept (``θ₀`` multiplies the constant feature
+    ``not_gamed_baseline``). Every comparison enters with its outcome as a soft
+    target: 1 (A better), 0 (B better) or ½ for a tie, so there is no "decisive"
+    subset — ties pull toward ½. The fit is L1-regularised (:func:`l1_logistic_fit`),
+    its strength chosen among ``Cs`` by ``n_splits``-fold cross-validated soft
+    log-loss with sklearn's ``GroupKFold`` folds over comparisons, then refitted on
+    all. The LC win rate is the mean over comparisons of the prediction with the
+    length term at 0: ``mean σ(θ_diff·difficultyᵢ + θ₀)``. Not reproduced: AlpacaEval's
+    regularisation toward its own "gamed" baseline annotations (``λ = 0.2``), which
+    exist only for its 805 instructions.
+
+    Returns ``{"lc_win_rate", "C", "coefficients"}``.
     """
     y = np.asarray(outcomes, float)
-    d = np.asarray(length_diffs, float)
-    if y.shape != d.shape or y.size < 2:
-        raise ValueError("need ≥ 2 comparisons with one length difference each")
-    scale = d.std() if d.std() > 0 else 1.0
-    x = d / scale
-
-    def loss(theta):
-        z = theta[0] + theta[1] * x
-        return float(np.sum(np.logaddexp(0, z) - y * z))
-
-    def grad(theta):
-        p = special.expit(theta[0] + theta[1] * x)
-        return np.asarray([np.sum(p - y), np.sum((p - y) * x)])
-
-    fit = optimize.minimize(loss, np.zeros(2), jac=grad, method="BFGS")
-    theta0, theta1 = fit.x
-    return {"lc_win_rate": float(special.expit(theta0)), "theta0": float(theta0),
-            "theta1_per_token": float(theta1 / scale)}
+    len_a, len_b = np.asarray(lengths_a, float), np.asarray(lengths_b, float)
+    n = y.size
+    if not (len_a.shape == len_b.shape == y.shape) or n < n_splits:
+        raise ValueError(f"need ≥ {n_splits} comparisons with one length of each side; got "
+                         f"{y.shape}, {len_a.shape}, {len_b.shape}")
+    if np.any((y < 0) | (y > 1)):
+        raise ValueError("outcomes must be in [0, 1] (1: A better, 0: B better, 0.5: tie)")
+    delta = len_b - len_a
+    sd = delta.std(ddof=1)
+    columns = {"length": np.tanh(delta / sd) if sd > 0 else np.zeros(n)}
+    if instruction_difficulty is not None:
+        columns["instruction_difficulty"] = np.asarray(instruction_difficulty, float)
+    columns["constant"] = np.ones(n)
+    x = np.stack(list(columns.values()), axis=1)
+    fold = (n - 1 - np.arange(n)) % n_splits  # GroupKFold with one group per comparison
+    losses = []
+    for C in Cs:
+        per_fold = []
+        for f in range(n_splits):
+            train, test = fold != f, fold == f
+            theta = l1_logistic_fit(x[train], y[train], C)
+            per_fold.append(_soft_log_loss(y[test], special.expit(x[test] @ theta)))
+        losses.append(np.mean(per_fold))
+    best = float(Cs[int(np.argmin(losses))])
+    theta = l1_logistic_fit(x, y, best)
+    at_zero = x.copy()
+    at_zero[:, 0] = 0.0
+    return {"lc_win_rate": float(np.mean(special.expit(at_zero @ theta))), "C": best,
+            "coefficients": dict(zip(columns, map(float, theta)))}
 
 
 def compare_policies(rows_a: Sequence[dict], rows_b: Sequence[dict], judge: Callable,
-                     *, seed: int = 0) -> dict:
-    """Judge A's sample ``k`` against B's sample ``k`` for every prompt; the summary table row."""
+                     *, seed: int = 0, instruction_difficulty: Optional[dict] = None) -> dict:
+    """Judge A's sample ``k`` against B's sample ``k`` for every prompt; the summary table row.
+
+    ``instruction_difficulty``: ``{prompt_id: difficulty}`` for the LC model's
+    difficulty term (:func:`length_controlled_win_rate`), when known.
+    """
     by_b = {(r["prompt_id"], r["sample_id"]): r for r in rows_b}
     missing = [(r["prompt_id"], r["sample_id"]) for r in rows_a
                if (r["prompt_id"], r["sample_id"]) not in by_b]
@@ -93,15 +159,18 @@ def compare_policies(rows_a: Sequence[dict], rows_b: Sequence[dict], judge: Call
         raise ValueError(f"{len(missing)} of A's samples have no counterpart in B (first: "
                          f"prompt {missing[0][0]!r}, sample {missing[0][1]}): sample both policies on "
                          "the same prompts with the same number of samples")
-    outcomes, diffs, per_prompt = [], [], {}
+    outcomes, chars_a, chars_b, per_prompt = [], [], [], {}
     for a in rows_a:
         b = by_b[(a["prompt_id"], a["sample_id"])]
         outcome = judge(a, b)
         outcomes.append(outcome)
-        diffs.append(a["length"] - b["length"])
+        chars_a.append(len(a["text"]))
+        chars_b.append(len(b["text"]))
         per_prompt.setdefault(a["prompt_id"], []).append(outcome)
     low, high = bootstrap_interval(list(per_prompt.values()), seed=seed)
-    lc = length_controlled_win_rate(outcomes, diffs)
+    difficulty = (None if instruction_difficulty is None
+                  else [instruction_difficulty[r["prompt_id"]] for r in rows_a])
+    lc = length_controlled_win_rate(outcomes, chars_a, chars_b, difficulty)
     return {"win_rate": win_rate(outcomes), "ci_low": low, "ci_high": high,
             "lc_win_rate": lc["lc_win_rate"], "comparisons": len(outcomes),
             "ties": int(sum(o == 0.5 for o in outcomes)),

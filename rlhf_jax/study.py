@@ -134,7 +134,8 @@ def run_study(config, workdir: str) -> dict:
     exports, curves = {"sft": sft_export}, {}
     for variant in config.ppo_variants:
         ppo_config = _stage_config(config, "ppo", **{"model.init": sft_export,
-                                                      "reward.model": rm_export})
+                                                      "reward.model": rm_export,
+                                                      "reward.append_eos": config.rm.rm.append_eos})
         with ppo_config.unlocked():
             with_ppo_variant(ppo_config, variant, config.ppo.shaping.target_length)
         train_ppo(ppo_config, stage(f"ppo_{variant}"))

@@ -26,26 +26,100 @@ def test_bootstrap_matches_scipy_paired_percentile():
     assert evaluate.win_rate(flat) == pytest.approx(sum(flat) / len(flat))
 
 
-def newton_logistic(y, x, steps=50):
-    theta = np.zeros(2)
-    design = np.stack([np.ones_like(x), x], 1)
-    for _ in range(steps):
-        p = special.expit(design @ theta)
-        hess = design.T @ (design * (p * (1 - p))[:, None])
-        theta -= np.linalg.solve(hess, design.T @ (p - y))
-    return theta
+def lc_annotations(n=120, seed=3, length_effect=1.2, difficulty_effect=0.8):
+    """Synthetic judgements: A (the model) is longer and the judge likes length; prompts vary."""
+    rng = np.random.default_rng(seed)
+    chars_b = rng.integers(100, 600, n).astype(float)
+    chars_a = chars_b + rng.normal(150, 200, n)
+    chars_a = np.maximum(chars_a, 1)
+    difficulty = rng.normal(0, 1, n)
+    delta = chars_b - chars_a
+    p = special.expit(-length_effect * np.tanh(delta / delta.std(ddof=1)) - 0.3
+                      + difficulty_effect * difficulty)
+    y = (rng.random(n) < p).astype(float)
+    y[rng.random(n) < 0.1] = 0.5  # ties count ½
+    return y, chars_a, chars_b, difficulty
 
 
-def test_length_controlled_win_rate_matches_newton():
-    rng = np.random.default_rng(3)
-    diffs = rng.normal(20, 40, 600)
-    y = (rng.random(600) < special.expit(0.4 + 0.03 * diffs)).astype(float)
-    y[:30] = 0.5  # ties
-    got = evaluate.length_controlled_win_rate(y, diffs)
-    theta = newton_logistic(y, diffs / diffs.std())
-    assert got["lc_win_rate"] == pytest.approx(special.expit(theta[0]), abs=1e-4)
-    assert got["theta1_per_token"] == pytest.approx(theta[1] / diffs.std(), rel=1e-3)
-    assert got["lc_win_rate"] < evaluate.win_rate(y)  # the raw rate is inflated by length
+def alpaca_eval_lc(y, chars_a, chars_b, difficulty, monkeypatch, tmp_path):
+    """The alpaca-eval package's own get_length_controlled_winrate on the same annotations."""
+    import importlib.metadata
+    import sys
+    import types
+    try:
+        import pkg_resources  # noqa: F401  (alpaca_eval.utils imports it; setuptools ≥ 81 dropped it)
+    except ModuleNotFoundError:
+        from packaging.version import parse
+        shim = types.ModuleType("pkg_resources")
+        shim.parse_version = parse
+        shim.get_distribution = lambda name: types.SimpleNamespace(
+            version=importlib.metadata.version(name))
+        monkeypatch.setitem(sys.modules, "pkg_resources", shim)
+    glm = pytest.importorskip("alpaca_eval.metrics.glm_winrate")
+    import pandas as pd
+    n = len(y)
+    # The package reads instruction difficulty from a hub file (df_gamed.csv, by instruction index);
+    # serve a local one with ours (its gamed rows are unused by the no-regularisation GLMs).
+    gamed = pd.DataFrame({"model": "gamed", "index": np.arange(n), "preference": 0.5,
+                          "std_delta_len": 0.0, "instruction_difficulty": difficulty,
+                          "not_gamed_baseline": False})
+    path = tmp_path / "df_gamed.csv"
+    gamed.to_csv(path, index=False)
+    monkeypatch.setattr(glm, "hf_hub_download", lambda **kw: str(path))
+    annotations = pd.DataFrame({
+        "index": np.arange(n), "instruction": [f"q{i}" for i in range(n)],
+        "output_1": ["x" * int(c) for c in chars_b], "output_2": ["x" * int(c) for c in chars_a],
+        "generator_1": "sft", "generator_2": "ppo", "annotator": "judge",
+        # AlpacaEval: 1 = output_1 (baseline) preferred, 2 = output_2 (model), 1.5 = tie
+        "preference": np.where(y == 0.5, 1.5, 1.0 + y)})
+    name = "length_controlled_noreg" if difficulty is not None else "length_controlled_minimal"
+    out = glm.get_length_controlled_winrate(annotations, glm_name=name, save_weights_dir=None,
+                                            is_warn_extreme_changes=False)
+    return out["length_controlled_winrate"] / 100, out["win_rate"] / 100
+
+
+@pytest.mark.parametrize("with_difficulty", [True, False])
+def test_length_controlled_win_rate_matches_the_alpaca_eval_package(with_difficulty, monkeypatch,
+                                                                     tmp_path):
+    y, chars_a, chars_b, difficulty = lc_annotations()
+    difficulty = difficulty if with_difficulty else None
+    want, raw = alpaca_eval_lc(y, chars_a, chars_b, difficulty, monkeypatch, tmp_path)
+    got = evaluate.length_controlled_win_rate(y, chars_a, chars_b, difficulty)
+    assert got["lc_win_rate"] == pytest.approx(want, abs=2e-3)
+    assert raw == pytest.approx(evaluate.win_rate(y), abs=1e-9)
+    assert got["lc_win_rate"] < raw - 0.05  # the judge's taste for length is taken out
+
+
+def test_length_controlled_fit_is_the_l1_optimum_and_reads_at_zero_length_difference():
+    """A SciPy-independent check of the refit: the KKT conditions of min ‖θ‖₁ + C·Σ loss, and the
+    readout σ(θ_diff·d + θ₀) averaged over comparisons."""
+    y, chars_a, chars_b, difficulty = lc_annotations(n=300, seed=5)
+    got = evaluate.length_controlled_win_rate(y, chars_a, chars_b, difficulty)
+    delta = chars_b - chars_a
+    x = np.stack([np.tanh(delta / delta.std(ddof=1)), difficulty, np.ones_like(y)], 1)
+    theta = np.asarray(list(got["coefficients"].values()))
+    grad = got["C"] * x.T @ (special.expit(x @ theta) - y)  # gradient of the loss term
+    for g, t in zip(grad, theta):
+        if abs(t) > 1e-6:
+            assert g == pytest.approx(-np.sign(t), abs=1e-3)  # stationarity on the support
+        else:
+            assert abs(g) <= 1 + 1e-3
+    want = np.mean(special.expit(theta[1] * difficulty + theta[2]))
+    assert got["lc_win_rate"] == pytest.approx(want, abs=1e-9)
+    assert got["coefficients"]["length"] < 0  # B longer than A lowers P(A)
+
+
+def test_length_only_judge_has_lc_near_half_even_far_from_zero_length_difference():
+    # Every A is much longer; the judge only prefers length. The old linear model extrapolated
+    # to Δlen = 0 where no data lie; tanh saturates, so LC stays near ½, not near the raw rate.
+    rng = np.random.default_rng(7)
+    chars_b = rng.integers(50, 100, 200).astype(float)
+    chars_a = chars_b + rng.integers(200, 400, 200)
+    y = (rng.random(200) < 0.9).astype(float)
+    got = evaluate.length_controlled_win_rate(y, chars_a, chars_b)
+    assert evaluate.win_rate(y) > 0.85 and got["lc_win_rate"] < evaluate.win_rate(y)
+    with pytest.raises(ValueError, match="outcomes must be in"):
+        evaluate.length_controlled_win_rate([2.0] * 6, [1] * 6, [2] * 6)
 
 
 class _Judge(http.server.BaseHTTPRequestHandler):

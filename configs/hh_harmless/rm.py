@@ -42,6 +42,7 @@ def get_config(variant: str = "small"):
     config.rm.epochs = 1  # a second epoch overfits 1,900 pairs (eval accuracy fell 0.61 → 0.59)
     config.rm.batch_size = 16
     config.rm.eval_every = 40
+    config.rm.append_eos = True  # a small random-init reward model reads its score at an EOS
     if variant == "small":
         config.model.init = "preset:llama-135m"
         config.model.overrides = {"num_hidden_layers": 4, "hidden_size": 256,

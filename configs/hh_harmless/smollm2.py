@@ -49,6 +49,7 @@ def get_config():
     ppo.reward.template = "{prompt} {response}"
     ppo.reward.max_length = 384
     ppo.reward.buckets = (128, 256, 384)
+    ppo.reward.append_eos = rm.rm.append_eos          # score as the reward model was trained
     ppo.generation.min_new_tokens = 64
     ppo.generation.max_new_tokens = 65
     ppo.generation.prompt_bucket = 32

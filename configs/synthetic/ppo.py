@@ -30,6 +30,7 @@ def get_config(variant: str = "standard"):
     config.reward.template = "{prompt} {response}"
     config.reward.max_length = 96
     config.reward.buckets = (48, 96)
+    config.reward.append_eos = True  # as configs/synthetic/rm.py trains it
     config.data.max_prompt_length = 8
     config.generation.min_new_tokens = 40
     config.generation.max_new_tokens = 41

@@ -35,6 +35,9 @@ def get_config(intervention: str = "none"):
     config.rm.batch_size = 32
     config.rm.eval_batch_size = 64
     config.rm.eval_every = 60
+    # Unlike the paper's LLaMA reward models (no EOS), this tiny random-init model reads its score
+    # at an EOS after the response: without it eval accuracy falls 0.80 → 0.77 and BAL's 0.65 → 0.53.
+    config.rm.append_eos = True
     config.rm.intervention = intervention
     config.rm.ctr.low = -1e9
     config.rm.ctr.high = 4.0
