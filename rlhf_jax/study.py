@@ -38,7 +38,7 @@ from rlhf_jax import evaluate
 from rlhf_jax.analysis.report import analyze
 from rlhf_jax.config import ConfigError
 from rlhf_jax.data.preferences import synthetic_task
-from rlhf_jax.defaults import with_ppo_variant
+from rlhf_jax.ppo.variants import with_ppo_variant
 from rlhf_jax.generate import decoding_view
 from rlhf_jax.models import load_pretrained, load_tokenizer
 from rlhf_jax.models.build import load_scalar_model, resolve_init_path
