@@ -111,7 +111,10 @@ def length_controlled_win_rate(outcomes: Sequence[float], lengths_a: Sequence[fl
     regularisation toward its own "gamed" baseline annotations (``λ = 0.2``), which
     exist only for its 805 instructions.
 
-    Returns ``{"lc_win_rate", "C", "coefficients"}``.
+    Returns ``{"lc_win_rate", "C", "coefficients", "share_a_not_longer"}``. The last is the
+    fraction of comparisons with ``len(A) ≤ len(B)``: near 0 (every A longer), the readout
+    at zero length difference is an extrapolation of the fitted length curve, not an
+    average over comparable lengths.
     """
     y = np.asarray(outcomes, float)
     len_a, len_b = np.asarray(lengths_a, float), np.asarray(lengths_b, float)
@@ -142,7 +145,8 @@ def length_controlled_win_rate(outcomes: Sequence[float], lengths_a: Sequence[fl
     at_zero = x.copy()
     at_zero[:, 0] = 0.0
     return {"lc_win_rate": float(np.mean(special.expit(at_zero @ theta))), "C": best,
-            "coefficients": dict(zip(columns, map(float, theta)))}
+            "coefficients": dict(zip(columns, map(float, theta))),
+            "share_a_not_longer": float(np.mean(delta >= 0))}
 
 
 def compare_policies(rows_a: Sequence[dict], rows_b: Sequence[dict], judge: Callable,
@@ -172,7 +176,8 @@ def compare_policies(rows_a: Sequence[dict], rows_b: Sequence[dict], judge: Call
                   else [instruction_difficulty[r["prompt_id"]] for r in rows_a])
     lc = length_controlled_win_rate(outcomes, chars_a, chars_b, difficulty)
     return {"win_rate": win_rate(outcomes), "ci_low": low, "ci_high": high,
-            "lc_win_rate": lc["lc_win_rate"], "comparisons": len(outcomes),
+            "lc_win_rate": lc["lc_win_rate"], "lc_share_a_not_longer": lc["share_a_not_longer"],
+            "comparisons": len(outcomes),
             "ties": int(sum(o == 0.5 for o in outcomes)),
             "mean_length_a": float(np.mean([r["length"] for r in rows_a])),
             "mean_length_b": float(np.mean([r["length"] for r in rows_b]))}

@@ -157,7 +157,8 @@ def run_study(config, workdir: str) -> dict:
                 rows, samples["sft"], evaluate.ScoreJudge(judge), seed=config.study.seed)})
     win_table = [{"policy": w["policy"], f"win rate vs sft ({judge} judge)": w["win_rate"],
                   "95% low": w["ci_low"], "95% high": w["ci_high"],
-                  "length-controlled": w["lc_win_rate"]} for w in wins]
+                  "length-controlled": w["lc_win_rate"],
+                  "share not longer than sft": w["lc_share_a_not_longer"]} for w in wins]
     report = analyze(samples, stage("report"), baseline="sft", curves=curves,
                      bin_width=config.study.bin_width, max_length=config.study.bin_max_length,
                      nrg_normalizer=config.study.nrg_normalizer,

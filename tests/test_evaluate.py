@@ -118,6 +118,7 @@ def test_length_only_judge_has_lc_near_half_even_far_from_zero_length_difference
     y = (rng.random(200) < 0.9).astype(float)
     got = evaluate.length_controlled_win_rate(y, chars_a, chars_b)
     assert evaluate.win_rate(y) > 0.85 and got["lc_win_rate"] < evaluate.win_rate(y)
+    assert got["share_a_not_longer"] == 0.0  # the readout is an extrapolation, and says so
     with pytest.raises(ValueError, match="outcomes must be in"):
         evaluate.length_controlled_win_rate([2.0] * 6, [1] * 6, [2] * 6)
 
