@@ -1,6 +1,6 @@
 """The ``rlhf-jax`` command.
 
-Sub-commands (more arrive with the training stages):
+Sub-commands:
 
 * ``rlhf-jax generate --model PATH --prompt TEXT [--prompt TEXT …]``: sample
   continuations from an HF model directory or a ``.gguf`` file with the
@@ -16,6 +16,12 @@ Sub-commands (more arrive with the training stages):
   (:mod:`rlhf_jax.reward.train`).
 * ``rlhf-jax ppo --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE …]``: PPO
   with the paper's reward shaping (:mod:`rlhf_jax.ppo.trainer`).
+* ``rlhf-jax run CONFIG --workdir DIR``: the whole study of a config, every stage
+  resumable (:mod:`rlhf_jax.study`).
+* ``rlhf-jax analyze --samples NAME=FILE … --out DIR``: NRG, length–reward
+  correlations, plots and the report (:mod:`rlhf_jax.analysis.report`).
+* ``rlhf-jax evaluate --a FILE --b FILE --judge score|chat``: win rates,
+  bootstrap intervals and the length-controlled win rate (:mod:`rlhf_jax.evaluate`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ import optax
 from rlhf_jax import sharding
 
 
+def masked_mean(x, mask, axis=None):
+    """``Σ x·mask / max(Σ mask, 1)``: the mean over positions (or rows) with weight ``mask``
+    (0 where none). The one masked mean of every stage's losses and metrics."""
+    return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+
+
 @flax.struct.dataclass
 class TrainState:
     """``step`` (optimizer updates done), ``params``, ``opt_state``."""

@@ -25,16 +25,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.training import masked_mean
+
 KL_ESTIMATORS = ("k1", "k3", "abs", "mse")
-
-
-def masked_sum(x, mask, axis=None):
-    return jnp.sum(x * mask, axis=axis)
-
-
-def masked_mean(x, mask, axis=None):
-    """Mean of ``x`` over positions where ``mask`` is 1 (0 when none)."""
-    return masked_sum(x, mask, axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
 
 
 def masked_var(x, mask, unbiased: bool = True):

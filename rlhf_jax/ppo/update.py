@@ -119,7 +119,7 @@ def ppo_update(state: PPOState, batch: dict, *, policy_model, value_model, tx, c
         (state.params, state.opt_state), order)
     stats = jax.tree.map(jnp.mean, stats)
     sample_kl = jnp.sum(kl, axis=1)
-    mean_kl = jnp.sum(sample_kl * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    mean_kl = algo.masked_mean(sample_kl, weight)
     kl_coef = (algo.adaptive_kl_update(state.kl_coef, mean_kl, b, p.kl_target, p.kl_horizon)
                if p.adaptive_kl else state.kl_coef)
     metrics = {**stats, "objective/kl": mean_kl, "objective/kl_coef": state.kl_coef,

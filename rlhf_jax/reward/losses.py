@@ -13,9 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _weighted_mean(x, weights):
-    return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+from rlhf_jax.training import masked_mean
 
 
 def bradley_terry_loss(rewards_chosen, rewards_rejected, weights=None, *, margin=0.0,
@@ -29,8 +27,8 @@ def bradley_terry_loss(rewards_chosen, rewards_rejected, weights=None, *, margin
     r_r = rewards_rejected.astype(jnp.float32)
     weights = jnp.ones_like(r_c) if weights is None else weights.astype(jnp.float32)
     diff = r_c - r_r
-    loss = _weighted_mean(-jax.nn.log_sigmoid(diff - margin), weights)
+    loss = masked_mean(-jax.nn.log_sigmoid(diff - margin), weights)
     if center_coef:
-        loss = loss + center_coef * _weighted_mean((r_c + r_r) ** 2, weights)
+        loss = loss + center_coef * masked_mean((r_c + r_r) ** 2, weights)
     return loss, diff
 

@@ -49,9 +49,9 @@ def reward_loss(params, batch, *, model, margin: float, center_coef: float):
     loss, diff = bradley_terry_loss(rewards_c, rewards_r, batch["weight"], margin=margin,
                                     center_coef=center_coef)
     w = batch["weight"]
-    n = jnp.maximum(jnp.sum(w), 1.0)
-    scalars = {"accuracy": jnp.sum((diff > 0) * w) / n,
-               "reward_mean": jnp.sum((rewards_c + rewards_r) * w) / (2 * n), "weight": jnp.sum(w)}
+    scalars = {"accuracy": training.masked_mean((diff > 0).astype(jnp.float32), w),
+               "reward_mean": training.masked_mean(rewards_c + rewards_r, w) / 2,
+               "weight": jnp.sum(w)}
     return loss, (scalars, {"margin": diff, "index": batch["index"], "weight": w})
 
 
