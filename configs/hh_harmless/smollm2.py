@@ -21,7 +21,7 @@ Measured on 2 CPU cores (2026-11-28): about 37 minutes in all — the reward mod
 reference and value passes 15 s, two PPO epochs 60 s), sampling 2 × 64 responses
 of up to 256 tokens, scoring and the report 7 min. Every stage resumes from its
 workdir. Ten CPU steps move the policy (KL to the initial policy reaches 3 nats)
-but not its held-out reward (see the README): this is the pipeline on a real
+but not its held-out reward (see docs/analysis.md): this is the pipeline on a real
 model; run ``--config.ppo.ppo.steps=200`` and larger eval sets on an accelerator.
 
 Sized for: 2 CPU cores / 24 GiB (a few minutes on one accelerator, where
