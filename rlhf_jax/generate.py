@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.kernels import build as kernel_build
 from rlhf_jax.kernels import panel_matmul
 from rlhf_jax.models.transformer import KVCache, pack_projections, unstack_layers
 
@@ -218,9 +219,11 @@ def decoding_view(model, params):
 
 
 def _cpu_kernels_usable(cfg) -> bool:
-    """Float32 weights and compute, one device, and the CPU panel kernel built here."""
+    """Float32 weights and compute, one device, a CPU where the kernels pay
+    (:func:`rlhf_jax.kernels.build.profitable_here`), and the panel kernel built here."""
     return (cfg.dtype == "float32" and cfg.param_dtype == "float32"
-            and jax.device_count() == 1 and panel_matmul.available())
+            and jax.device_count() == 1 and kernel_build.profitable_here()
+            and panel_matmul.available())
 
 
 def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,

@@ -11,6 +11,9 @@ import os
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Exercise the CPU decoding kernels on every host, also those without AVX-512 where decoding
+# leaves them off by default (rlhf_jax.kernels.build.profitable_here).
+os.environ.setdefault("RLHF_JAX_CPU_KERNELS", "1")
 
 _STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -8,6 +8,12 @@ keyed by the sources, the compiler, the flags, jaxlib and the CPU's features,
 so a machine compiles each kernel once (a few seconds). :func:`register`
 returns ``None`` or why the kernel cannot be used here; callers then keep
 XLA's own operations. ``RLHF_JAX_CPU_KERNELS=0`` switches every kernel off.
+
+Whether a model *uses* them by default is :func:`profitable_here`: the panel
+kernel keeps up to 16 rows in AVX-512 registers; without AVX-512 it falls back to
+4 rows, which measured ~3× slower than XLA's own matmul on a 2-core AMD EPYC
+(AVX2) host (llama-135m, 8 × 64 tokens: 14.0 s against 4.5 s). So decoding uses
+them only on CPUs with AVX-512F, unless ``RLHF_JAX_CPU_KERNELS=1`` forces them.
 """
 
 from __future__ import annotations
@@ -99,6 +105,16 @@ def build(source: str, compiler: str, extra_flags: tuple = ()) -> str:
             os.remove(tmp)
     log.info("compiled %s → %s", source, library)
     return library
+
+
+def profitable_here() -> bool:
+    """Use the kernels by default: on CPUs with AVX-512F, or when ``RLHF_JAX_CPU_KERNELS=1``."""
+    setting = os.environ.get("RLHF_JAX_CPU_KERNELS", "auto")
+    if setting == "1":
+        return True
+    if setting == "0":
+        return False
+    return "avx512f" in _cpu_flags().split()
 
 
 def _jaxlib_version() -> str:
