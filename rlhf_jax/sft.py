@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import sharding, training
+from rlhf_jax import sharding
 from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.preferences import hold_out, synthetic_task
@@ -27,8 +27,8 @@ from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.build import causal_lm
 from rlhf_jax.samples import read_jsonl
-from rlhf_jax.stage import check_vocab, experiment_tokenizer
-from rlhf_jax.workdir import start_stage
+from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, open_stage,
+                            stage_mesh, supervised_setup)
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,10 @@ def sft_examples(config) -> tuple:
 
 def train_sft(config, workdir: str) -> dict:
     """Run (or resume, or return the finished result of) an SFT stage in ``workdir``."""
-    wd, done = start_stage(config, workdir)
+    wd, done = open_stage(config, workdir)
     if done is not None:
-        log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
-    cfg, mesh = config.sft, sharding.make_mesh(**dict(config.mesh))
+    cfg, mesh = config.sft, stage_mesh(config)
     tokenizer = experiment_tokenizer(config)
     train_rows, eval_rows = sft_examples(config)
     tokenize = functools.partial(pipeline.tokenize_sft, tokenizer=tokenizer,
@@ -93,19 +92,14 @@ def train_sft(config, workdir: str) -> dict:
     train, train_drops = tokenize(train_rows, source="sft train")
     evals, eval_drops = tokenize(eval_rows, source="sft eval")
     model, params = causal_lm(config.model, jax.random.key(config.seed))
-    check_vocab(tokenizer, model.config)
     spec = LoopSpec(steps_per_epoch=pipeline.steps_per_epoch(len(train), cfg.batch_size,
                                                              jax.process_count()),
                     epochs=cfg.epochs, log_every=cfg.log_every, eval_every=cfg.eval_every,
                     best_metric="loss", best_mode="min", desc="sft")
-    tx = training.optimizer_for(cfg, spec.total_steps)
-    shardings = training.state_shardings(model, mesh, tx, params)
-    batch_sh = sharding.batch_sharding(mesh)
-    step_fn = training.make_train_step(functools.partial(response_nll, model=model), tx,
-                                       accum_steps=cfg.accum_steps, shardings=shardings,
-                                       batch_sharding=batch_sh)
+    setup = supervised_setup(model, params, tokenizer, cfg, loss_fn=response_nll,
+                             total_steps=spec.total_steps, mesh=mesh)
     eval_fn = jax.jit(functools.partial(nll_sum_and_count, model=model),
-                      in_shardings=(shardings.params, batch_sh))
+                      in_shardings=(setup.shardings.params, setup.batch_sharding))
     batches = functools.partial(
         pipeline.batches, collate=pipeline.collate_sft, buckets=tuple(sorted(config.data.buckets)),
         pad_id=pipeline.pad_token_id(tokenizer), seed=config.seed,
@@ -117,17 +111,12 @@ def train_sft(config, workdir: str) -> dict:
         total, tokens = np.sum([s for s, _ in sums]), np.sum([n for _, n in sums])
         return {"loss": float(total / max(tokens, 1.0)), "tokens": float(tokens)}
 
-    with sharding.use_mesh(mesh):
-        state = jax.jit(lambda p: training.init_state(p, tx), out_shardings=shardings)(
-            jax.device_put(params, shardings.params))
     state, outcome = run_training(
-        state, step_fn=step_fn, spec=spec, mesh=mesh, workdir=wd, evaluate=evaluate,
+        setup.state, step_fn=setup.train_step, spec=spec, mesh=mesh, workdir=wd, evaluate=evaluate,
         epoch_batches=lambda epoch: batches(train, batch_size=cfg.batch_size, epoch=epoch))
     save_pretrained(model, state.params, wd.export, tokenizer=tokenizer)
     result = {**outcome, "steps": spec.total_steps, "train_examples": len(train),
               "eval_examples": len(evals), "dropped_train": train_drops.counts,
               "dropped_eval": eval_drops.counts,
-              "num_params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
-    wd.write_json("result.json", result)
-    wd.close()
-    return result
+              "num_params": count_params(state.params)}
+    return finish_stage(wd, result)

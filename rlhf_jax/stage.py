@@ -1,13 +1,28 @@
-"""What every training stage (SFT, reward model, PPO) shares: the experiment's tokenizer and its checks.
+"""What every training stage (SFT, reward model, PPO) shares, so each stage reads as data + loss + loop.
 
-A stage is data + loss + loop on top of these; models never import data, so the
-experiment-level choice "the synthetic task's own tokenizer, else ``data.tokenizer``,
-else the model checkpoint's" lives here rather than in :mod:`rlhf_jax.models`.
+- :func:`open_stage` / :func:`finish_stage`: the workdir contract (``config.json``
+  written on start, ``result.json`` marks done and is returned on rerun);
+- :func:`stage_mesh`, :func:`experiment_tokenizer` (the synthetic task's own, else
+  ``data.tokenizer``, else the checkpoint's: an experiment-level choice that lives
+  here because models never import data), :func:`check_vocab`;
+- :func:`supervised_setup`: optimizer, train state placed by logical axes, and the
+  compiled step of SFT and reward-model training.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+from typing import Callable
+
+import jax
+
+from rlhf_jax import sharding, training
 from rlhf_jax.models.build import tokenizer_for
+from rlhf_jax.workdir import start_stage
+
+log = logging.getLogger(__name__)
 
 
 def experiment_tokenizer(config):
@@ -24,3 +39,59 @@ def check_vocab(tokenizer, model_config, role: str = "model") -> None:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the {role}'s vocab_size is "
                          f"{model_config.vocab_size}: set model.overrides.vocab_size (presets) or "
                          "use the checkpoint's own tokenizer")
+
+
+def open_stage(config, workdir: str) -> tuple:
+    """``(workdir, finished result or None)``: a new or resumed stage records its resolved config;
+    a finished one (``result.json``) is returned as it is."""
+    wd, done = start_stage(config, workdir)
+    if done is not None:
+        log.info("%s already finished; delete its result.json to rerun", workdir)
+    return wd, done
+
+
+def stage_mesh(config):
+    """The stage's device mesh from its ``mesh`` section (``data``, ``fsdp``, ``tensor``)."""
+    return sharding.make_mesh(**dict(config.mesh))
+
+
+@dataclasses.dataclass
+class SupervisedSetup:
+    """What an SFT or reward-model stage trains with: the initial state on the mesh, its
+    shardings, the optimizer, the compiled step and the batch sharding."""
+
+    state: training.TrainState
+    shardings: training.TrainState
+    tx: object
+    train_step: Callable
+    batch_sharding: object
+
+
+def supervised_setup(model, params, tokenizer, section, *, loss_fn: Callable, total_steps: int,
+                     mesh) -> SupervisedSetup:
+    """Check the vocabulary, build the optimizer (``section``: ``lr``, ``lr_schedule``, …,
+    ``accum_steps``), place the train state by its logical axes and compile the step of
+    ``loss_fn(params, batch, model=model)``."""
+    check_vocab(tokenizer, model.config)
+    tx = training.optimizer_for(section, total_steps)
+    shardings = training.state_shardings(model, mesh, tx, params)
+    batch_sh = sharding.batch_sharding(mesh)
+    with sharding.use_mesh(mesh):
+        state = jax.jit(lambda p: training.init_state(p, tx), out_shardings=shardings)(
+            jax.device_put(params, shardings.params))
+    step = training.make_train_step(functools.partial(loss_fn, model=model), tx,
+                                    accum_steps=section.accum_steps, shardings=shardings,
+                                    batch_sharding=batch_sh)
+    return SupervisedSetup(state=state, shardings=shardings, tx=tx, train_step=step,
+                           batch_sharding=batch_sh)
+
+
+def count_params(params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def finish_stage(wd, result: dict) -> dict:
+    """Write ``result.json`` (its presence marks the stage done) and close the workdir."""
+    wd.write_json("result.json", result)
+    wd.close()
+    return result

@@ -44,8 +44,7 @@ from rlhf_jax.ppo.prompts import prompt_set
 from rlhf_jax.ppo.rewards import REWARD_KINDS, Rewards
 from rlhf_jax.ppo.roles import VALUE_MODELS, build_roles
 from rlhf_jax.ppo.update import RATIO_SKIP_MODES, PPOState
-from rlhf_jax.stage import experiment_tokenizer
-from rlhf_jax.workdir import start_stage
+from rlhf_jax.stage import experiment_tokenizer, finish_stage, open_stage, stage_mesh
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class PPOTrainer:
         validate(config)
         self.config = config
         self.workdir = workdir
-        self.mesh = sharding.make_mesh(**dict(config.mesh))
+        self.mesh = stage_mesh(config)
         self.tokenizer = experiment_tokenizer(config)
         self.pad_id = pipeline.pad_token_id(self.tokenizer)
         eos = self.tokenizer.eos_token_id
@@ -193,9 +192,8 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None) -> dict
     ``stop_after``: stop once this many steps are done in total (for tests of
     resumption); the run stays resumable.
     """
-    wd, done = start_stage(config, workdir)
+    wd, done = open_stage(config, workdir)
     if done is not None:
-        log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
     trainer = PPOTrainer(config, workdir)
     state = trainer.build()
@@ -229,7 +227,4 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None) -> dict
                    "last": float(np.mean([r[k] for r in last]))}
                for k in ("env/reward_raw", "env/rm_score", "env/response_length", "objective/kl",
                          "objective/kl_coef", "env/eos_fraction") if k in logged[0]}
-    result = {"steps": total, "summary": summary, "history": history}
-    wd.write_json("result.json", result)
-    wd.close()
-    return result
+    return finish_stage(wd, {"steps": total, "summary": summary, "history": history})

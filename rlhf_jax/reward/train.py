@@ -33,10 +33,11 @@ from rlhf_jax.data.preferences import preference_splits
 from rlhf_jax.data.records import DropCounter
 from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models.build import save_scalar_model, scalar_model
-from rlhf_jax.stage import check_vocab, experiment_tokenizer
+from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, open_stage,
+                            stage_mesh, supervised_setup)
 from rlhf_jax.reward import cartography, interventions
 from rlhf_jax.reward.losses import bradley_terry_loss
-from rlhf_jax.workdir import Workdir, start_stage
+from rlhf_jax.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class RewardTrainer:
         self.config = config
         self.rm = config.rm
         self.workdir = Workdir(workdir)
-        self.mesh = sharding.make_mesh(**dict(config.mesh))
+        self.mesh = stage_mesh(config)
         self.tokenizer = experiment_tokenizer(config)
         self.pad_id = pipeline.pad_token_id(self.tokenizer)
         self.buckets = tuple(sorted(config.data.buckets))
@@ -130,27 +131,18 @@ class RewardTrainer:
         rm = self.rm
         key = jax.random.key(self.config.seed)
         model, params = scalar_model(self.config.model, key, readout="last")
-        check_vocab(self.tokenizer, model.config)
         self.model = model
         self.spec = LoopSpec(
             steps_per_epoch=pipeline.steps_per_epoch(num_train, rm.batch_size, jax.process_count()),
             epochs=rm.epochs, log_every=rm.log_every, eval_every=rm.eval_every,
             best_metric="accuracy", best_mode="max", desc="reward model")
-        self.tx = training.optimizer_for(rm, self.spec.total_steps)
-        self.shardings = training.state_shardings(model, self.mesh, self.tx, params)
-        with sharding.use_mesh(self.mesh):
-            params = jax.device_put(params, self.shardings.params)
-            state = jax.jit(lambda p: training.init_state(p, self.tx),
-                            out_shardings=self.shardings)(params)
-        loss = functools.partial(reward_loss, model=model, margin=rm.margin,
-                                 center_coef=rm.center_coef)
-        batch_sh = sharding.batch_sharding(self.mesh)
-        self.train_step = training.make_train_step(
-            loss, self.tx, accum_steps=rm.accum_steps, shardings=self.shardings,
-            batch_sharding=batch_sh)
+        setup = supervised_setup(
+            model, params, self.tokenizer, rm, total_steps=self.spec.total_steps, mesh=self.mesh,
+            loss_fn=functools.partial(reward_loss, margin=rm.margin, center_coef=rm.center_coef))
+        self.tx, self.shardings, self.train_step = setup.tx, setup.shardings, setup.train_step
         self.score_step = jax.jit(functools.partial(score_rows, model),
-                                  in_shardings=(self.shardings.params, batch_sh))
-        return state
+                                  in_shardings=(self.shardings.params, setup.batch_sharding))
+        return setup.state
 
     def batches(self, examples, *, epoch: int = 0, train: bool = True, batch_size: int = None):
         return pipeline.batches(
@@ -201,9 +193,8 @@ def dataset_stats(examples) -> dict:
 
 def train_reward_model(config, workdir: str) -> dict:
     """Run (or resume, or return the finished result of) a reward-model stage in ``workdir``."""
-    wd, done = start_stage(config, workdir)
+    wd, done = open_stage(config, workdir)
     if done is not None:
-        log.info("%s already finished; delete its result.json to rerun", workdir)
         return done
     trainer = RewardTrainer(config, workdir)
     needs = interventions.RM_INTERVENTIONS[config.rm.intervention].needs_cartography
@@ -212,7 +203,7 @@ def train_reward_model(config, workdir: str) -> dict:
     carto = wd.file(CARTOGRAPHY_LOG) if config.rm.cartography else None
     state, outcome = trainer.fit(data, cartography_log=carto)
     result = {"data": data["stats"], **outcome, "model_family": trainer.model.config.family,
-              "num_params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
+              "num_params": count_params(state.params)}
     if carto and os.path.exists(carto) and wd.is_writer:
         passes = cartography.read_passes(carto)
         if len(passes) >= 2:
@@ -221,9 +212,7 @@ def train_reward_model(config, workdir: str) -> dict:
             result["cartography"] = cartography.plot_cartography(stats, lengths,
                                                                   wd.file("cartography.png"))
     save_scalar_model(trainer.model, state.params, wd.export, tokenizer=trainer.tokenizer)
-    wd.write_json("result.json", result)
-    wd.close()
-    return result
+    return finish_stage(wd, result)
 
 
 def _cartography_stats(config, wd: Workdir) -> dict:
