@@ -114,7 +114,9 @@ def length_controlled_win_rate(outcomes: Sequence[float], lengths_a: Sequence[fl
     Returns ``{"lc_win_rate", "C", "coefficients", "share_a_not_longer"}``. The last is the
     fraction of comparisons with ``len(A) ≤ len(B)``: near 0 (every A longer), the readout
     at zero length difference is an extrapolation of the fitted length curve, not an
-    average over comparable lengths.
+    average over comparable lengths; when the tanh feature saturates it is nearly collinear
+    with the constant and the fit is ill-posed (the alpaca-eval package then returns values
+    near 0 or 1 as well).
     """
     y = np.asarray(outcomes, float)
     len_a, len_b = np.asarray(lengths_a, float), np.asarray(lengths_b, float)

@@ -12,7 +12,6 @@ causal-LM directory with the tokenizer.
 from __future__ import annotations
 
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +28,6 @@ from rlhf_jax.models.build import causal_lm
 from rlhf_jax.samples import read_jsonl
 from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, open_stage,
                             stage_mesh, supervised_setup)
-
-log = logging.getLogger(__name__)
 
 
 def response_nll(params, batch, *, model):

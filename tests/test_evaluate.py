@@ -109,16 +109,20 @@ def test_length_controlled_fit_is_the_l1_optimum_and_reads_at_zero_length_differ
     assert got["coefficients"]["length"] < 0  # B longer than A lowers P(A)
 
 
-def test_length_only_judge_has_lc_near_half_even_far_from_zero_length_difference():
-    # Every A is much longer; the judge only prefers length. The old linear model extrapolated
-    # to Δlen = 0 where no data lie; tanh saturates, so LC stays near ½, not near the raw rate.
+def test_lc_without_length_overlap_is_flagged_as_an_extrapolation():
+    # Every A is 200-400 characters longer and the judge only likes length. tanh(Δ/sd) then
+    # saturates and is nearly collinear with the constant, so the readout at Δ = 0 is
+    # ill-posed: the alpaca-eval package returns 7e-7 on these very annotations (raw 0.915).
+    # What must hold is that the result says so.
     rng = np.random.default_rng(7)
     chars_b = rng.integers(50, 100, 200).astype(float)
     chars_a = chars_b + rng.integers(200, 400, 200)
     y = (rng.random(200) < 0.9).astype(float)
     got = evaluate.length_controlled_win_rate(y, chars_a, chars_b)
-    assert evaluate.win_rate(y) > 0.85 and got["lc_win_rate"] < evaluate.win_rate(y)
-    assert got["share_a_not_longer"] == 0.0  # the readout is an extrapolation, and says so
+    assert got["share_a_not_longer"] == 0.0
+    assert 0.0 <= got["lc_win_rate"] <= 1.0
+    y[:10], chars_a[:10] = 0.0, chars_b[:10] - 5  # a few comparisons where A is shorter
+    assert evaluate.length_controlled_win_rate(y, chars_a, chars_b)["share_a_not_longer"] == 0.05
     with pytest.raises(ValueError, match="outcomes must be in"):
         evaluate.length_controlled_win_rate([2.0] * 6, [1] * 6, [2] * 6)
 

@@ -50,7 +50,7 @@ def rlcd_context(dialogue: str) -> str:
 
 def rlcd_rm_text(prompt: str, response: str) -> str:
     """RLCD's reward-model input in PPO: ``"Question: " + context + "\n\nAnswer: " + response``."""
-    return "Question: " + rlcd_context(prompt) + "\n\nAnswer: " + response
+    return _fill(QUESTION_ANSWER, {"prompt": rlcd_context(prompt), "response": response})
 
 
 def rlcd_policy_prompt(prompt: str) -> str:

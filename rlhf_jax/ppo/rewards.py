@@ -51,10 +51,7 @@ class Rewards:
 
     def __init__(self, reward_cfg):
         self.cfg = reward_cfg
-        self.kind = reward_cfg.kind
-        if self.kind not in REWARD_KINDS:
-            raise ConfigError(f"config key 'reward.kind' = {self.kind!r}; expected one of "
-                              f"{REWARD_KINDS}")
+        self.kind = reward_cfg.kind  # checked against REWARD_KINDS by trainer.validate
         if self.kind == "model" and not reward_cfg.model:
             raise ConfigError("config key 'reward.model' is empty: set the reward model's "
                               "export directory (or reward.kind='length_only')")

@@ -22,7 +22,6 @@ and caps follow from the seed and the step), checkpointed with orbax every
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Optional
@@ -45,8 +44,6 @@ from rlhf_jax.ppo.rewards import REWARD_KINDS, Rewards
 from rlhf_jax.ppo.roles import VALUE_MODELS, build_roles
 from rlhf_jax.ppo.update import RATIO_SKIP_MODES, PPOState
 from rlhf_jax.stage import experiment_tokenizer, finish_stage, open_stage, stage_mesh
-
-log = logging.getLogger(__name__)
 
 PHASES = ("time/generation", "time/score", "time/ref_logprobs", "time/values", "time/update")
 
@@ -88,7 +85,6 @@ class PPOTrainer:
     def __init__(self, config, workdir: str):
         validate(config)
         self.config = config
-        self.workdir = workdir
         self.mesh = stage_mesh(config)
         self.tokenizer = experiment_tokenizer(config)
         self.pad_id = pipeline.pad_token_id(self.tokenizer)
