@@ -1,7 +1,7 @@
 """Train and eval preference pairs for an experiment's ``config.data`` (real sources or the synthetic task).
 
 ``data.source`` is ``"synthetic"`` (:mod:`rlhf_jax.data.synthetic`, generated in
-memory) or a TFDS builder name of :mod:`rlhf_jax.data.builders` (``webgpt``,
+memory) or a TFDS builder name of :mod:`rlhf_jax.data.sources` (``webgpt``,
 ``stack_exchange``, ``rlcd``, ``hh_rlhf``, ``local``) read from ``data.path``
 (a local copy; empty = download) into ``data.data_dir``. Without an eval split
 (``data.eval_split = ""``), a seeded ``data.eval_fraction`` of the train split is
@@ -33,7 +33,7 @@ def preference_splits(data_cfg) -> tuple:
         eval_ = task.preference_pairs(s.num_eval, alpha=s.alpha, beta=s.beta, seed=s.seed + 1)
         eval_ = [{**p, "id": p["id"] + "/eval"} for p in eval_]
     else:
-        from rlhf_jax.data.builders import load_pairs
+        from rlhf_jax.data.sources import load_pairs
         options = dict(data_cfg.get("options", {}) or {})
         data_dir = tfds_data_dir(data_cfg.data_dir)
         load = lambda split: list(load_pairs(data_cfg.source, split, path=data_cfg.path or None,  # noqa: E731

@@ -1,4 +1,4 @@
-"""TFDS builders (rlhf_jax.data.builders): array_record datasets read back through load_pairs.
+"""TFDS builders (rlhf_jax.data.sources.*, base in data.tfds_pairs): array_record datasets read back through load_pairs.
 
 Each builder is built from local files written in the source's public schema into a tmp
 data_dir, and must give exactly the reader's pairs, in the reader's order, as str. The
@@ -23,7 +23,8 @@ from tests.helpers import HH_HARMLESS_TEST, real_hh_harmless_test
 import tensorflow_datasets as tfds
 
 from rlhf_jax.data import sources
-from rlhf_jax.data.builders import PairSource, load_pairs, make_builder
+from rlhf_jax.data.sources import load_pairs, make_builder
+from rlhf_jax.data.tfds_pairs import PairSource
 
 HH_TEST = HH_HARMLESS_TEST
 
@@ -105,7 +106,7 @@ def assert_same(expected_splits, data_dir, source, path, **options):
 def test_builder_matches_reader(tmp_path, source):
     make, reader_options, builder_options = CASES[source]
     path = make(tmp_path)
-    expected, drops = sources.SOURCES[source](path, **reader_options)
+    expected, drops = sources.reader(source)(path, **reader_options)
     assert_same(expected, str(tmp_path / "tfds"), source, path, **reader_options, **builder_options)
     got = load_pairs(source, next(iter(expected)), path=path, data_dir=str(tmp_path / "tfds"),
                      **reader_options, **builder_options)
@@ -114,14 +115,14 @@ def test_builder_matches_reader(tmp_path, source):
 
 def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
     calls = []
-    real = sources.SOURCES["webgpt"]
+    real = sources.reader("webgpt")
 
     @functools.wraps(real)  # keeps the signature the builder checks options against
     def counting_reader(path, *args, **kwargs):
         calls.append(str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setitem(sources.SOURCES, "webgpt", counting_reader)
+    monkeypatch.setattr(sources.SOURCES["webgpt"], "READER", staticmethod(counting_reader))
     data_dir = str(tmp_path / "tfds")
     a = write_jsonl(tmp_path / "a.jsonl", webgpt_rows())
     first = load_pairs("webgpt", "train", path=a, data_dir=data_dir, train_size=5)

@@ -1,4 +1,4 @@
-"""Readers of the preference sets (rlhf_jax.data.sources), records and templates.
+"""Readers of the preference sets (rlhf_jax.data.sources.*), records and templates.
 
 Each test writes a few rows in the source's public schema into tmp_path. Expected splits
 are computed independently: the paper's order is ``np.random.default_rng(seed).permutation``

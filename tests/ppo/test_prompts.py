@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.config import ConfigError, load_config
-from rlhf_jax.data.builders import load_pairs
+from rlhf_jax.data.sources import load_pairs
 from rlhf_jax.data.records import DataError
 from rlhf_jax.data.synthetic import SyntheticTask
 from rlhf_jax.ppo.prompts import prompt_set, raw_prompts

@@ -1,24 +1,22 @@
-"""TFDS builders for the preference sets (paper §3), stored as array_record and read with random access.
+"""The TFDS side of every preference source: one builder base, stored as array_record, read with random access.
 
-One builder per source: :class:`WebGPTComparisons`, :class:`StackExchangePaired`,
-:class:`RLCDHelpful`, :class:`HHRLHF` and :class:`LocalPreferences`. Each turns the pairs of
-its reader in :mod:`rlhf_jax.data.sources` into a TFDS dataset with four ``Text`` features
-(``id``, ``prompt``, ``chosen``, ``rejected``), in the reader's order (shuffling on write is
-disabled, so the paper's seed-100 order survives). No tensorflow is needed: datasets are
-written with ``file_format="array_record"`` and read back with ``as_data_source``
-(``as_dataset`` needs tensorflow and is not used).
+Each source module (:mod:`rlhf_jax.data.sources`) subclasses :class:`PairsBuilder` with its
+reader (``READER``) and, where it can, its download (``_read_download``). A builder turns
+the reader's pairs into a TFDS dataset with four ``Text`` features (``id``, ``prompt``,
+``chosen``, ``rejected``), in the reader's order (shuffling on write is disabled, so the
+paper's seed-100 order survives). No tensorflow is needed: datasets are written with
+``file_format="array_record"`` and read back with ``as_data_source`` (``as_dataset`` needs
+tensorflow and is not used).
 
-Each builder downloads its public files (the URLs in :mod:`rlhf_jax.data.sources`) with
-``dl_manager`` when no local copy is given, or reads ``source_path``. The builder config
-carries the source path and the reader options, and its name ends in a short hash of them
-(plus the local files' sizes and modification times), so a cached dataset is never reused
-for another source path, other options or edited files; the same path and options reuse
-it. The drop counts of the reader are logged when generating and kept in the dataset's
-metadata (:attr:`PairSource.drops`).
+The builder config carries the source path and the reader options, and its name ends in a
+short hash of them (plus the local files' sizes and modification times), so a cached
+dataset is never reused for another source path, other options or edited files; the same
+path and options reuse it. The drop counts of the reader are logged when generating and
+kept in the dataset's metadata (:attr:`PairSource.drops`).
 
-Entry point for the rest of the code: :func:`load_pairs`, which returns a
 :class:`PairSource` (``len``, ``source[i] -> {"id", "prompt", "chosen", "rejected"}`` as
-``str``) that grain's ``MapDataset.source`` consumes.
+``str``) is what grain's ``MapDataset.source`` consumes; get one with
+:func:`rlhf_jax.data.sources.load_pairs`.
 """
 
 from __future__ import annotations
@@ -31,12 +29,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import tensorflow_datasets as tfds
 from etils import epath
 
-from rlhf_jax.data import sources
 from rlhf_jax.data.records import PAIR_FIELDS, DropCounter
 
 log = logging.getLogger(__name__)
@@ -54,7 +51,7 @@ _CITATION = """\
 class PairsConfig(tfds.core.BuilderConfig):
     """A builder config that pins the data: the local copy (or ``None``: download) and reader options.
 
-    Build one with :meth:`_PairsBuilder.make_config`, which also names it
+    Build one with :meth:`PairsBuilder.make_config`, which also names it
     ``"<base>-<hash of path, file stats and options>"``.
     """
 
@@ -91,12 +88,13 @@ def _fingerprint(path: Optional[str]) -> list:
     raise FileNotFoundError(f"source path {p}: no such file or directory")
 
 
-class _PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared machinery: config from (path, options), generation from a reader, drop logging."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Pairs {id, prompt, chosen, rejected} as in the paper's code."}
-    SOURCE = ""  # key in sources.SOURCES
+    SOURCE = ""  # its name in rlhf_jax.data.sources.SOURCES
+    READER: Callable = None  # staticmethod: reader(path, **options) -> (splits, drops)
     DESCRIPTION = ""
     HOMEPAGE = ""
     BUILDER_OPTIONS: Tuple[str, ...] = ()  # options the builder takes besides the reader's
@@ -123,8 +121,9 @@ class _PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # ------------------------------------------------------------------ config
 
     @classmethod
-    def reader(cls):
-        return sources.SOURCES[cls.SOURCE]
+    def reader(cls) -> Callable:
+        """The source's reader of local files: ``reader(path, **options) -> (splits, drops)``."""
+        return cls.READER
 
     @classmethod
     def reader_options(cls, options: dict) -> dict:
@@ -215,148 +214,6 @@ class _PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield i, {k: pair[k] for k in PAIR_FIELDS}
 
 
-class WebGPTComparisons(_PairsBuilder, skip_registration=True):
-    """WebGPT comparisons (paper §3): 18,000 train / the rest eval after the seed-100 shuffle.
-
-    Options (see :func:`rlhf_jax.data.sources.read_webgpt`): ``ties`` ("second" | "drop"),
-    ``empty`` ("error" | "drop"), ``train_size``, ``seed``. Downloads :data:`~rlhf_jax.data.
-    sources.WEBGPT_URL` when no ``source_path`` is given.
-    """
-
-    name = "webgpt_comparisons"
-    SOURCE = "webgpt"
-    DESCRIPTION = "WebGPT comparisons as preference pairs (question, preferred, other answer)."
-    HOMEPAGE = "https://huggingface.co/datasets/openai/webgpt_comparisons"
-
-    def _read_download(self, dl_manager):
-        path = dl_manager.download(sources.WEBGPT_URL)
-        return sources.read_webgpt(path, **self._options())
-
-
-class StackExchangePaired(_PairsBuilder, skip_registration=True):
-    """Stack Exchange paired (paper §3): splits ``reward``, ``evaluation``, ``rl``, ``finetune``.
-
-    Options (see :func:`rlhf_jax.data.sources.read_stack_exchange`): ``folders`` (the splits
-    to read; a download fetches only these, default all four: many GB), ``split``, ``empty``.
-    Downloads lists each folder through the HF API (:data:`~rlhf_jax.data.sources.
-    STACK_EXCHANGE_TREE_URL`) and fetches its Parquet files.
-    """
-
-    name = "stack_exchange_paired"
-    SOURCE = "stack_exchange"
-    DESCRIPTION = "lvwerra/stack-exchange-paired as preference pairs (response_j preferred)."
-    HOMEPAGE = "https://huggingface.co/datasets/lvwerra/stack-exchange-paired"
-
-    def _read_download(self, dl_manager):
-        options = self._options()
-        folders = options.get("folders") or sources.STACK_EXCHANGE_FOLDERS
-        files_by_split = {}
-        for folder in folders:
-            listing_path = dl_manager.download(sources.STACK_EXCHANGE_TREE_URL.format(folder=folder))
-            with open(listing_path, encoding="utf-8") as f:
-                listing = json.load(f)
-            names = sorted(e["path"] for e in listing
-                           if e.get("type") == "file" and e.get("path", "").endswith(".parquet"))
-            if not names:
-                raise FileNotFoundError(f"{sources.STACK_EXCHANGE_TREE_URL.format(folder=folder)}: "
-                                        f"no .parquet files listed")
-            urls = {n: sources.STACK_EXCHANGE_FILE_URL.format(path=n) for n in names}
-            paths = dl_manager.download(urls)
-            files_by_split[folder] = [paths[n] for n in names]
-        return sources.read_stack_exchange_files(files_by_split, empty=options.get("empty", "error"))
-
-
-class RLCDHelpful(_PairsBuilder, skip_registration=True):
-    """RLCD simulated helpfulness preferences, LLaMA-7B (paper §3): 40,000 train / the rest eval.
-
-    Options (see :func:`rlhf_jax.data.sources.read_rlcd`): ``train_size``, ``seed``. Without
-    ``source_path`` it downloads and extracts :data:`~rlhf_jax.data.sources.RLCD_URL` and
-    looks for :data:`~rlhf_jax.data.sources.RLCD_FILE` in it (unverified offline: if the
-    archive lacks it, pass the CSV's path).
-    """
-
-    name = "rlcd_helpful"
-    SOURCE = "rlcd"
-    DESCRIPTION = "RLCD simulated helpfulness preference pairs (LLaMA-7B simulation)."
-    HOMEPAGE = "https://github.com/facebookresearch/rlcd"
-
-    def _read_download(self, dl_manager):
-        root = Path(dl_manager.download_and_extract(sources.RLCD_URL))
-        found = sorted(root.rglob(sources.RLCD_FILE)) if root.is_dir() else []
-        if not found:
-            raise FileNotFoundError(f"{sources.RLCD_URL} (extracted to {root}) has no "
-                                    f"{sources.RLCD_FILE}; download that CSV and pass its path "
-                                    f"as source_path")
-        return sources.read_rlcd(found[0], **self._options())
-
-
-class HHRLHF(_PairsBuilder, skip_registration=True):
-    """Anthropic hh-rlhf preference pairs, one config per subset: ``train`` and ``test`` splits.
-
-    ``subset``: one of :data:`~rlhf_jax.data.sources.HH_RLHF_SUBSETS` (needed to download;
-    with a ``source_path`` it only names the config). Options (see
-    :func:`rlhf_jax.data.sources.read_hh_rlhf`): ``empty``, ``split``.
-    """
-
-    name = "hh_rlhf"
-    SOURCE = "hh_rlhf"
-    DESCRIPTION = "Anthropic hh-rlhf dialogues split into a shared prompt and two responses."
-    HOMEPAGE = "https://huggingface.co/datasets/Anthropic/hh-rlhf"
-    BUILDER_OPTIONS = ("subset",)
-    BUILDER_CONFIGS = [PairsConfig(name=s, subset=s) for s in sources.HH_RLHF_SUBSETS]
-
-    @classmethod
-    def base_name(cls, base, source_path, builder_options):
-        subset = builder_options.get("subset") or base
-        if subset is None:
-            if source_path is None:
-                raise ValueError(f"hh_rlhf: pass subset= (one of {sources.HH_RLHF_SUBSETS}) to "
-                                 f"download, or a source_path")
-            return "local"
-        if subset not in sources.HH_RLHF_SUBSETS:
-            raise ValueError(f"hh_rlhf: unknown subset {subset!r} (expected one of "
-                             f"{sources.HH_RLHF_SUBSETS}; red-team-attempts has another schema)")
-        builder_options["subset"] = subset
-        return subset
-
-    def _read_download(self, dl_manager):
-        subset = self.builder_config.subset
-        urls = {split: sources.HH_RLHF_URL.format(subset=subset, split=split)
-                for split in sources.HH_RLHF_SPLITS}
-        paths = dl_manager.download(urls)
-        options = self._options()
-        return sources.read_hh_rlhf_files(paths, empty=options.get("empty", "error"))
-
-
-class LocalPreferences(_PairsBuilder, skip_registration=True):
-    """Pairs from a local JSON-lines / JSON / CSV / Parquet file with configurable field names.
-
-    Options (see :func:`rlhf_jax.data.sources.read_local`): ``prompt_field``,
-    ``chosen_field``, ``rejected_field``, ``id_field``, ``split``, ``empty``. Needs a
-    ``source_path`` (there is nothing to download).
-    """
-
-    name = "local_preferences"
-    SOURCE = "local"
-    DESCRIPTION = "Preference pairs from a local file."
-
-    @classmethod
-    def base_name(cls, base, source_path, builder_options):
-        if source_path is None:
-            raise ValueError("local: pass path= (a .jsonl, .json, .csv or .parquet file of pairs)")
-        return base or "default"
-
-
-BUILDERS = {
-    "webgpt": WebGPTComparisons,
-    "stack_exchange": StackExchangePaired,
-    "rlcd": RLCDHelpful,
-    "hh_rlhf": HHRLHF,
-    "local": LocalPreferences,
-}
-"""Builder class by source name (the names of :data:`rlhf_jax.data.sources.SOURCES`)."""
-
-
 def _decode(example: dict) -> dict:
     return {k: (v.decode("utf-8") if isinstance(v, bytes) else str(v)) for k, v in example.items()}
 
@@ -403,34 +260,8 @@ class PairSource(collections.abc.Sequence):
         return f"PairSource({self.data_dir!r}, split={self.split!r}, len={len(self)})"
 
 
-def make_builder(source: str, *, path=None, data_dir, **options) -> _PairsBuilder:
-    """The builder for ``source`` (a name in :data:`BUILDERS`), a local copy at ``path`` (or
-    ``None``: download) and reader/builder ``options``; not yet prepared."""
-    if source not in BUILDERS:
-        raise KeyError(f"unknown source {source!r}: known sources are {sorted(BUILDERS)}")
-    return BUILDERS[source](data_dir=data_dir, source_path=path, **options)
-
-
-def prepare(builder: _PairsBuilder) -> _PairsBuilder:
+def prepare(builder: PairsBuilder) -> PairsBuilder:
     """Generates the dataset unless a prepared copy for this exact config is already in ``data_dir``."""
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
-
-
-def load_pairs(source: str, split: str, *, path=None, data_dir, **options) -> PairSource:
-    """The pairs of ``split`` of ``source``, generated into ``data_dir`` on first use.
-
-    ``source``: ``"webgpt"``, ``"stack_exchange"``, ``"rlcd"``, ``"hh_rlhf"`` or ``"local"``;
-    ``path``: a local copy (file or directory, as the source's reader takes), else the public
-    files are downloaded; ``options``: the reader's options (e.g. ``ties="drop"``,
-    ``empty="drop"``, ``train_size=...``) and, for hh-rlhf, ``subset=``. A second call with
-    the same path and options reuses the prepared dataset; other ones build their own.
-    """
-    return PairSource(prepare(make_builder(source, path=path, data_dir=data_dir, **options)), split)
-
-
-def available_splits(source: str, *, path=None, data_dir, **options) -> dict:
-    """``{split: number of pairs}`` for ``source`` (generated into ``data_dir`` if needed)."""
-    builder = prepare(make_builder(source, path=path, data_dir=data_dir, **options))
-    return {name: info.num_examples for name, info in builder.info.splits.items()}
