@@ -28,6 +28,7 @@ import numpy as np
 
 from rlhf_jax.kernels import build as kernel_build
 from rlhf_jax.kernels import panel_matmul
+from rlhf_jax.models.layers import CPU_PANELS
 from rlhf_jax.models.transformer import KVCache, pack_projections, unstack_layers
 
 _NEG_INF = -1e30
@@ -195,14 +196,14 @@ def decoding_view(model, params):
     own transposed copy (``tie_word_embeddings=False``; the logits are the
     same). On a single CPU device with float32 weights, every projection and
     the head are then packed for :mod:`rlhf_jax.kernels.panel_matmul`
-    (``cpu_kernels=True``) when that kernel is available; the logits agree
+    (``kernels="cpu_panels"``) when that kernel is available; the logits agree
     with XLA's matmul to float32 rounding. Called inside ``jit`` the copies are
     made once per call, outside any decode loop; the price is a second copy of
     the weights while sampling, and a compile time that grows with depth. A
     model already in this layout is returned unchanged.
     """
     cfg = model.config
-    changes = {}
+    changes, kernels = {}, model.kernels
     if cfg.scan_layers:
         params = unstack_layers(params, cfg.num_layers)
         changes["scan_layers"] = False
@@ -210,12 +211,12 @@ def decoding_view(model, params):
         embedding_ve = params["model"]["embed_tokens"]["embedding"]
         params = {**params, "lm_head": {"kernel": jnp.transpose(embedding_ve)}}
         changes["tie_word_embeddings"] = False
-    if not cfg.cpu_kernels and _cpu_kernels_usable(cfg):
+    if kernels != CPU_PANELS and _cpu_kernels_usable(cfg):
         params = pack_projections(params, cfg.num_layers)
-        changes["cpu_kernels"] = True
-    if not changes:
+        kernels = CPU_PANELS
+    if not changes and kernels == model.kernels:
         return model, params
-    return model.clone(config=cfg.replace(**changes)), params
+    return model.clone(config=cfg.replace(**changes), kernels=kernels), params
 
 
 def _cpu_kernels_usable(cfg) -> bool:

@@ -174,7 +174,7 @@ def test_decoding_view_gives_the_same_logits(models):
     model, params = models["model"], models["params"]
     view, view_params = decoding_view(model, params)
     assert not view.config.scan_layers and not view.config.tie_word_embeddings
-    panels = view.config.cpu_kernels
+    panels = view.kernels == "cpu_panels"
     assert panels == panel_matmul.available(), panel_matmul.unavailable_reason()
     head = view_params["lm_head"]["kernel"]
     if panels:

@@ -7,7 +7,7 @@ float32). XLA:CPU runs these ``b·k`` tiny products one at a time on one
 thread; the kernel streams each pair's keys and values once, only up to the
 last allowed slot, on all of XLA's pool threads.
 :func:`decode_attention_updating_cache` first stores the step's key and value
-in the cache, in place. Used by models with ``cpu_kernels=True`` (CPU
+in the cache, in place. Used by models with ``kernels="cpu_panels"`` (CPU
 decoding, see :func:`rlhf_jax.generate.decoding_view`). Float32; single device.
 """
 

@@ -30,11 +30,9 @@ class DecoderConfig:
     axis (compile time independent of depth: training); ``False`` unrolls them
     with one parameter subtree per layer, ``layers_0`` … (no per-step weight
     slicing: decoding). :func:`rlhf_jax.models.transformer.unstack_layers`
-    converts between the two. ``cpu_kernels=True`` (CPU decoding; set by
-    :func:`rlhf_jax.generate.decoding_view`) stores every projection and the
-    LM head in 16-column panels multiplied by
-    :mod:`rlhf_jax.kernels.panel_matmul`, and runs single-query attention with
-    :mod:`rlhf_jax.kernels.decode_attention`.
+    converts between the two. How the modules multiply (XLA or the CPU
+    decoding kernels) is not part of the config: it is the modules' ``kernels``
+    attribute (:data:`rlhf_jax.models.layers.KERNELS`).
     """
 
     family: str
@@ -64,7 +62,6 @@ class DecoderConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
-    cpu_kernels: bool = False
 
     def __post_init__(self):
         _check_choice("norm", self.norm, NORMS)

@@ -163,9 +163,9 @@ def _to_host(x) -> np.ndarray:
 
 def params_to_tensors(cfg: DecoderConfig, params) -> dict:
     """HF-named float32 numpy tensors from a ``params`` pytree (sharded, even across hosts)."""
-    if cfg.cpu_kernels or not cfg.scan_layers:
+    if not cfg.scan_layers:
         raise CheckpointError(
-            "these params are in a decoding layout (scan_layers=False or cpu_kernels=True, as "
+            "these params are in a decoding layout (scan_layers=False, maybe CPU panels, as "
             "rlhf_jax.generate.decoding_view makes them); export the model and params that "
             "load_pretrained or training returned")
     params = jax.tree.map(_to_host, params)

@@ -22,6 +22,21 @@ from rlhf_jax.models.config import DecoderConfig
 
 _INIT_STD = 0.02
 
+XLA, CPU_PANELS = "xla", "cpu_panels"
+KERNELS = (XLA, CPU_PANELS)
+"""How a module multiplies: ``"xla"`` (``jnp.dot`` on weights in their logical shapes: training,
+scoring, TPU/GPU) or ``"cpu_panels"`` (CPU decoding: every projection and the LM head stored as
+16-column panels for :mod:`rlhf_jax.kernels.panel_matmul`, single-query attention by
+:mod:`rlhf_jax.kernels.decode_attention`). Not a model hyper-parameter: it is the decoding layout
+that :func:`rlhf_jax.generate.decoding_view` chooses for the compile target, passed to each
+module as its ``kernels`` attribute beside the :class:`DecoderConfig`."""
+
+
+def check_kernels(kernels: str) -> str:
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r}: expected one of {KERNELS}")
+    return kernels
+
 
 def _param(module: nn.Module, name: str, axes: tuple, shape: tuple, init=None):
     """Declares a parameter with logical axis names ``axes``."""
@@ -33,35 +48,35 @@ def _param(module: nn.Module, name: str, axes: tuple, shape: tuple, init=None):
 def _weight(module: nn.Module, name: str, axes: tuple, shape: tuple, n_in: int = 1):
     """The projection matrix ``name`` of logical shape ``shape`` (its first ``n_in`` axes are inputs).
 
-    With ``cpu_kernels`` it is stored as the 16-column panels of its
+    With ``module.kernels == "cpu_panels"`` it is stored as the 16-column panels of its
     ``[prod(in), prod(out)]`` reshape (:func:`rlhf_jax.kernels.panel_matmul.pack_panels`).
     Multiply with :func:`linear`.
     """
-    if module.config.cpu_kernels:
+    if module.kernels == CPU_PANELS:
         k, n = math.prod(shape[:n_in]), math.prod(shape[n_in:])
         return _param(module, name, (None, None, None), (-(-n // PANEL), k, PANEL))
     return _param(module, name, axes, shape)
 
 
-def linear(config: DecoderConfig, x, w, n_out: int):
+def linear(module: nn.Module, x, w, n_out: int):
     """``x[..., k] · W`` with ``W`` from :func:`_weight`, as one 2-D ``[k, n_out]`` matmul.
 
     Multi-axis einsums (``[e, h, d]`` weights) make XLA:CPU transpose the weight
     on every call; the 2-D reshape is free and keeps it in place. Panels run
     :func:`rlhf_jax.kernels.panel_matmul.panel_matmul`.
     """
-    return linears(config, x, ((w, n_out),))[0]
+    return linears(module, x, ((w, n_out),))[0]
 
 
-def linears(config: DecoderConfig, x, weights):
+def linears(module: nn.Module, x, weights):
     """``[x · W for (W, n_out) in weights]``: several :func:`linear` of the same input.
 
     With panels they run as one kernel call (``x`` transposed once, all the
     panels split between the threads together: a decode step's q/k/v or
     gate/up are each too small to keep the threads busy alone).
     """
-    weights = [(w.astype(config.compute_dtype), n_out) for w, n_out in weights]
-    if config.cpu_kernels:
+    weights = [(w.astype(module.config.compute_dtype), n_out) for w, n_out in weights]
+    if module.kernels == CPU_PANELS:
         return panel_matmuls(x, weights)
     return [jnp.dot(x, w.reshape(-1, n_out)) for w, n_out in weights]
 
@@ -123,11 +138,11 @@ def rope_inverse_frequencies(config: DecoderConfig) -> jnp.ndarray:
     raise ValueError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
 
 
-def rope_table(config: DecoderConfig, positions_bt):
+def rope_table(config: DecoderConfig, positions_bt, kernels: str = XLA):
     """``(cos, sin)`` of the rotary angles ``pos · inv_freq``, each ``[batch, t, head_dim]``.
 
     ``None`` for models without RoPE. Computed once per forward and shared by
-    every layer. On CPU decoding (``cpu_kernels``) the table is computed behind
+    every layer. On CPU decoding (``kernels="cpu_panels"``) the table is computed behind
     a conditional, which XLA cannot fuse through: otherwise XLA:CPU fuses
     ``cos``/``sin`` into each layer's rotation and evaluates them once per head
     (SmolLM2 at batch 16: 0.9 ms of a ~35 ms step; an optimization barrier is
@@ -138,7 +153,7 @@ def rope_table(config: DecoderConfig, positions_bt):
     angle = positions_bt.astype(jnp.float32)[:, :, None] * rope_inverse_frequencies(config)
     angle = jnp.concatenate([angle, angle], axis=-1)
     cos_sin = lambda a: (jnp.cos(a), jnp.sin(a))
-    if config.cpu_kernels:  # a predicate XLA cannot fold; both branches are the same
+    if kernels == CPU_PANELS:  # a predicate XLA cannot fold; both branches are the same
         return jax.lax.cond(jnp.all(jnp.isfinite(angle)), cos_sin, cos_sin, angle)
     return cos_sin(angle)
 
@@ -166,6 +181,7 @@ class Attention(nn.Module):
     """
 
     config: DecoderConfig
+    kernels: str = XLA
 
     @nn.compact
     def __call__(self, x_bte, rope, key_mask_bs, cache_index, layer_kv):
@@ -177,7 +193,7 @@ class Attention(nn.Module):
         wk = _weight(self, "k_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wv = _weight(self, "v_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wo = _weight(self, "o_proj", ("heads", "head_dim", "embed"), (h, d, e), n_in=2)
-        q, key, val = linears(cfg, x_bte, ((wq, h * d), (wk, k * d), (wv, k * d)))
+        q, key, val = linears(self, x_bte, ((wq, h * d), (wk, k * d), (wv, k * d)))
         q, key, val = q.reshape(b, t, h, d), key.reshape(b, t, k, d), val.reshape(b, t, k, d)
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
@@ -188,7 +204,7 @@ class Attention(nn.Module):
             q, key = apply_rope(q, rope), apply_rope(key, rope)
         q = _constrain(q, ("batch", "length", "act_heads", "head_dim"))
 
-        one_query_kernel = cfg.cpu_kernels and t == 1 and decode_attention.available()
+        one_query_kernel = self.kernels == CPU_PANELS and t == 1 and decode_attention.available()
         if layer_kv is not None and one_query_kernel and layer_kv[0].dtype == jnp.float32:
             out, layer_kv = _attend_one_query_on_cpu(q, key, val, layer_kv, key_mask_bs,
                                                      cache_index)
@@ -196,7 +212,7 @@ class Attention(nn.Module):
             out, layer_kv = _cache_and_attend(q, key, val, layer_kv, key_mask_bs, cache_index,
                                               one_query_kernel)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
-        y = linear(cfg, out.reshape(b, t, h * d), wo, e)
+        y = linear(self, out.reshape(b, t, h * d), wo, e)
         if cfg.out_bias:
             y = y + _param(self, "o_bias", ("embed",), (e,), nn.initializers.zeros).astype(dt)
         return y, layer_kv
@@ -303,6 +319,7 @@ class MLP(nn.Module):
     """Gated ``down(act(gate(x)) · up(x))`` (SwiGLU) or plain ``down(act(up(x)))``."""
 
     config: DecoderConfig
+    kernels: str = XLA
 
     @nn.compact
     def __call__(self, x_bte):
@@ -317,12 +334,12 @@ class MLP(nn.Module):
         w_up, b_up = _weight(self, "up_proj", ("embed", "mlp"), (e, f)), bias("up_bias")
         if cfg.mlp == "gated":
             w_gate, b_gate = _weight(self, "gate_proj", ("embed", "mlp"), (e, f)), bias("gate_bias")
-            up, gate = linears(cfg, x_bte, ((w_up, f), (w_gate, f)))  # one kernel call on CPU
+            up, gate = linears(self, x_bte, ((w_up, f), (w_gate, f)))  # one kernel call on CPU
             hidden = act(gate + b_gate) * (up + b_up)
         else:
-            hidden = act(linear(cfg, x_bte, w_up, f) + b_up)
+            hidden = act(linear(self, x_bte, w_up, f) + b_up)
         hidden = _constrain(hidden, ("batch", "length", "act_mlp"))
-        y = linear(cfg, hidden, _weight(self, "down_proj", ("mlp", "embed"), (f, e)), e)
+        y = linear(self, hidden, _weight(self, "down_proj", ("mlp", "embed"), (f, e)), e)
         if cfg.mlp_bias:
             y = y + _param(self, "down_bias", ("embed",), (e,), zeros).astype(dt)
         return y
@@ -335,13 +352,14 @@ class Block(nn.Module):
     """
 
     config: DecoderConfig
+    kernels: str = XLA
 
     @nn.compact
     def __call__(self, x_bte, rope, key_mask_bs, cache_index, layer_kv):
         cfg = self.config
-        attn_out, layer_kv = Attention(cfg, name="attn")(
+        attn_out, layer_kv = Attention(cfg, self.kernels, name="attn")(
             Norm(cfg, name="attn_norm")(x_bte), rope, key_mask_bs, cache_index, layer_kv)
         x_bte = x_bte + attn_out
-        x_bte = x_bte + MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_bte))
+        x_bte = x_bte + MLP(cfg, self.kernels, name="mlp")(Norm(cfg, name="mlp_norm")(x_bte))
         x_bte = _constrain(x_bte, ("batch", "length", "act_embed"))
         return x_bte, layer_kv

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from rlhf_jax.kernels.panel_matmul import pack_panels
 from rlhf_jax.models.config import DecoderConfig
-from rlhf_jax.models.layers import Block, Norm, _constrain, _weight, linear, rope_table
+from rlhf_jax.models.layers import (CPU_PANELS, XLA, Block, Norm, _constrain, _weight, check_kernels,
+                                    linear, rope_table)
 
 
 @flax.struct.dataclass
@@ -86,12 +87,18 @@ class Decoder(nn.Module):
     """Token (+ learned position) embedding, ``num_layers`` blocks, final norm.
 
     Returns ``(hidden_bte, cache)``; ``cache`` is ``None`` when none was given.
+    ``kernels``: see :data:`rlhf_jax.models.layers.KERNELS`.
     """
 
     config: DecoderConfig
+    kernels: str = XLA
 
     def setup(self):
         cfg = self.config
+        check_kernels(self.kernels)
+        if self.kernels == CPU_PANELS and cfg.scan_layers:
+            raise ValueError("kernels='cpu_panels' needs unrolled layers (scan_layers=False); "
+                             "use rlhf_jax.generate.decoding_view")
         self.embed_tokens = nn.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
             embedding_init=nn.with_logical_partitioning(
@@ -109,9 +116,9 @@ class Decoder(nn.Module):
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+                metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.kernels)
         else:
-            self.blocks = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+            self.blocks = [block(cfg, self.kernels, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.norm = Norm(cfg)
 
     def _run_layers(self, x, rope, key_mask_bs, cache_index, layer_kv):
@@ -144,7 +151,7 @@ class Decoder(nn.Module):
         if self.config.position == "learned":
             x = x + self.embed_positions(positions_bt)
         x = _constrain(x, ("batch", "length", "act_embed"))
-        x, layer_kv = self._run_layers(x, rope_table(self.config, positions_bt), key_mask_bs,
+        x, layer_kv = self._run_layers(x, rope_table(self.config, positions_bt, self.kernels), key_mask_bs,
                                        cache_index, layer_kv)
         x = self.norm(x)
         if cache is not None:
@@ -181,7 +188,7 @@ _BLOCK_PROJECTIONS = {"attn": {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 
 def pack_projections(params, num_layers: int):
     """Unrolled (``layers_i``), untied params → every projection and the LM head as 16-column panels.
 
-    The layout of ``cpu_kernels=True`` (see :func:`rlhf_jax.models.layers.linear`).
+    The layout of ``kernels="cpu_panels"`` (see :func:`rlhf_jax.models.layers.linear`).
     """
     def pack(w, n_in):
         k = math.prod(w.shape[:n_in])
@@ -202,27 +209,31 @@ class LMHead(nn.Module):
     """Untied output projection ``logits = h · W`` with ``W: [embed, vocab]``."""
 
     config: DecoderConfig
+    kernels: str = XLA
 
     @nn.compact
     def __call__(self, hidden_bte):
         cfg = self.config
         w = _weight(self, "kernel", ("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size))
-        return linear(cfg, hidden_bte, w, cfg.vocab_size)
+        return linear(self, hidden_bte, w, cfg.vocab_size)
 
 
 class CausalLM(nn.Module):
     """Decoder + LM head. ``apply`` returns a :class:`ModelOutput` with ``logits [b, t, vocab]``.
 
     ``last_token_only=True`` computes logits for the final position alone
-    (``[b, 1, vocab]``), which is all a sampler's prefill needs.
+    (``[b, 1, vocab]``), which is all a sampler's prefill needs. ``kernels``: how it
+    multiplies (:data:`rlhf_jax.models.layers.KERNELS`; ``"cpu_panels"`` only in the view
+    :func:`rlhf_jax.generate.decoding_view` makes).
     """
 
     config: DecoderConfig
+    kernels: str = XLA
 
     def setup(self):
-        self.model = Decoder(self.config)
+        self.model = Decoder(self.config, self.kernels)
         if not self.config.tie_word_embeddings:
-            self.lm_head = LMHead(self.config)
+            self.lm_head = LMHead(self.config, self.kernels)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None,
                  cache: Optional[KVCache] = None, last_token_only: bool = False):

@@ -38,7 +38,7 @@ def raw_prompts(config) -> list:
     if data.prompt_split.startswith("preference:"):
         return _preference_side_prompts(data)
     else:
-        from rlhf_jax.data.builders import load_pairs
+        from rlhf_jax.data.sources import load_pairs
         from rlhf_jax.data.preferences import tfds_data_dir
         pairs = load_pairs(data.source, data.prompt_split, path=data.path or None,
                            data_dir=tfds_data_dir(data.data_dir), **dict(data.get("options", {}) or {}))
