@@ -20,28 +20,89 @@ def model_spec(init: str = "preset:tiny-llama", **overrides) -> mlc.ConfigDict:
                            "param_dtype": "float32", "remat": "none"})
 
 
-def data_spec(source: str = "synthetic") -> mlc.ConfigDict:
-    return mlc.ConfigDict({
-        "source": source,          # synthetic | webgpt | stack_exchange | rlcd | hh_rlhf | local
+def _source_keys(source: str) -> dict:
+    """The keys every stage reads: which data, and its tokenizer."""
+    return {
+        "source": source,          # synthetic | a name in rlhf_jax.data.sources.SOURCES
+        "tokenizer": "",           # "" = the model checkpoint's (synthetic: the task's own)
+    }
+
+
+def _file_keys() -> dict:
+    """Where a preference source's files are, how to read them, and the seed of its hold-out."""
+    return {
         "path": "",                # local copy of the source ("" = download from its public location)
         "data_dir": "",            # TFDS data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
         "options": {},             # source-specific reader options (e.g. ties for webgpt)
-        "train_split": "train",
-        "eval_split": "eval",      # "" = hold out eval_fraction of train
-        "eval_fraction": 0.1,
-        "max_train_pairs": 0,      # 0 = all
-        "max_eval_pairs": 0,
+        "seed": 0,                 # hold-out and max_*_pairs subsets
+    }
+
+
+_SYNTHETIC_TASK = {"num_topics": 16, "seed": 0}
+_PREFERENCE_SPLIT_KEYS = {
+    "train_split": "train",
+    "eval_split": "eval",      # "" = hold out eval_fraction of train
+    "eval_fraction": 0.1,
+    "max_train_pairs": 0,      # 0 = all
+    "max_eval_pairs": 0,
+}
+_SYNTHETIC_PAIRS = {"num_train": 2000, "num_eval": 500, "alpha": 1.0, "beta": 0.0}
+
+
+def preference_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
+    """``data`` of the reward-model stage: preference pairs, their splits, template and lengths."""
+    return mlc.ConfigDict({
+        **_source_keys(source), **_file_keys(), **_PREFERENCE_SPLIT_KEYS,
         "max_length": 512,         # paper: pairs longer than 512 tokens are dropped
         "buckets": (64, 128, 256, 512),
         "template": "question_answer",  # reward-model input template
-        "prompt_template": "plain",     # policy prompt template (SFT/PPO)
-        "tokenizer": "",           # "" = the model checkpoint's (synthetic: the task's own)
-        "seed": 0,
-        "prompt_split": "train",   # PPO prompts: the distinct prompts of this split
-        "max_prompt_length": 512,  # paper: prompts of 512 tokens or more are dropped (keeps < 512)
-        "synthetic": {"task": {"num_topics": 16, "seed": 0}, "num_train": 2000, "num_eval": 500,
-                      "num_sft": 2000, "num_prompts": 1000, "alpha": 1.0, "beta": 0.0, "seed": 0},
+        "synthetic": {"task": dict(_SYNTHETIC_TASK), **_SYNTHETIC_PAIRS, "seed": 0},
     })
+
+
+def sft_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
+    """``data`` of the SFT stage: demonstrations (``sft.train_file``, or the synthetic task's).
+
+    The demonstrations' seed and hold-out are ``seed`` and ``sft.eval_fraction``."""
+    return mlc.ConfigDict({
+        **_source_keys(source),
+        "max_length": 512,
+        "buckets": (64, 128, 256, 512),
+        "prompt_template": "plain",     # policy prompt template
+        "synthetic": {"task": dict(_SYNTHETIC_TASK), "num_sft": 2000, "seed": 0},
+    })
+
+
+def prompt_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
+    """``data`` of the PPO stage: RL prompts, their template and length filter.
+
+    The preference-split keys are there for ``prompt_split = "preference:train|eval"``
+    (the prompts of the reward model's own train or eval side, split as that stage split
+    them): copy them from the reward model's data with :func:`prompt_data_from`.
+    """
+    return mlc.ConfigDict({
+        **_source_keys(source), **_file_keys(),
+        "prompt_split": "train",   # the distinct prompts of this split, or preference:train|eval
+        "prompt_template": "plain",
+        "max_prompt_length": 512,  # paper: prompts of 512 tokens or more are dropped (keeps < 512)
+        **_PREFERENCE_SPLIT_KEYS,
+        "synthetic": {"task": dict(_SYNTHETIC_TASK), "num_prompts": 1000, **_SYNTHETIC_PAIRS,
+                      "seed": 0},
+    })
+
+
+def prompt_data_from(preference_data: mlc.ConfigDict) -> mlc.ConfigDict:
+    """PPO's ``data`` over the same source, files, splits and seed as a reward model's ``data``."""
+    data = prompt_data_spec(preference_data.source)
+    shared = preference_data.copy_and_resolve_references()
+    for key in data:
+        if key == "synthetic":
+            for sub in data.synthetic:
+                if sub in shared.synthetic:
+                    data.synthetic[sub] = shared.synthetic[sub]
+        elif key in shared:
+            data[key] = shared[key]
+    return data
 
 
 def mesh_spec(data: int = -1, fsdp: int = 1, tensor: int = 1) -> mlc.ConfigDict:
@@ -80,13 +141,13 @@ def sft_section() -> mlc.ConfigDict:
 
 def reward_model_config(source: str = "synthetic", init: str = "preset:tiny-llama") -> mlc.ConfigDict:
     """A complete ``rlhf-jax train-rm`` config with defaults."""
-    return mlc.ConfigDict({"seed": 0, "model": model_spec(init), "data": data_spec(source),
+    return mlc.ConfigDict({"seed": 0, "model": model_spec(init), "data": preference_data_spec(source),
                            "rm": reward_model_section(), "mesh": mesh_spec()})
 
 
 def sft_config(source: str = "synthetic", init: str = "preset:tiny-llama") -> mlc.ConfigDict:
     """A complete ``rlhf-jax sft`` config with defaults."""
-    return mlc.ConfigDict({"seed": 0, "model": model_spec(init), "data": data_spec(source),
+    return mlc.ConfigDict({"seed": 0, "model": model_spec(init), "data": sft_data_spec(source),
                            "sft": sft_section(), "mesh": mesh_spec()})
 
 
@@ -147,7 +208,8 @@ def paper_reward_model_config(source: str, intervention: str) -> mlc.ConfigDict:
 def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
     """A complete ``rlhf-jax ppo`` config with TRL 0.5's defaults as the paper used them (§2.2, App. A)."""
     return mlc.ConfigDict({
-        "seed": 0, "model": model_spec(init), "data": data_spec(source), "mesh": mesh_spec(),
+        "seed": 0, "model": model_spec(init), "data": prompt_data_spec(source),
+        "mesh": mesh_spec(),
         "ppo": {
             "steps": 100, "batch_size": 64, "mini_batch_size": 64, "ppo_epochs": 1,
             # TRL 0.5: Adam at a constant lr, no gradient clipping (max_grad_norm ≤ 0 = off)

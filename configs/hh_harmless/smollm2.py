@@ -33,7 +33,7 @@ import os
 import ml_collections
 
 from rlhf_jax.config import load_config
-from rlhf_jax.defaults import ppo_config, with_ppo_variant
+from rlhf_jax.defaults import ppo_config, prompt_data_from, with_ppo_variant
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config():
     rm = load_config(os.path.join(HERE, "rm.py"))
     ppo = ppo_config("hh_rlhf", init="smollm2")
-    ppo.data = rm.data.copy_and_resolve_references()  # the same file, hold-out and seed
+    ppo.data = prompt_data_from(rm.data)              # the same file, hold-out and seed
     ppo.data.prompt_split = "preference:train"        # RL prompts: the RM's training side
     ppo.data.prompt_template = "chatml"
     ppo.data.max_prompt_length = 128
