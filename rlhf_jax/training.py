@@ -108,6 +108,12 @@ def merge_microbatches(tree):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
+def _accumulator(x):
+    """``x`` as it is summed over micro-batches: floating values in float32 (bfloat16 params and
+    their gradients included), integers as they are."""
+    return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
 def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
     """Loss, gradients and metrics over ``accum_steps`` micro-batches (a ``lax.scan``).
 
@@ -115,8 +121,10 @@ def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
     a mean over the micro-batch's units (tokens, pairs) and ``scalars["weight"]``
     (optional, default 1) is their number. Loss, gradients and scalars are
     averaged over micro-batches weighted by it, so the result is the mean over
-    the whole batch's units, whatever ``accum_steps`` is. ``per_example`` arrays
-    (leading axis = rows) come back for the whole batch, in order.
+    the whole batch's units, whatever ``accum_steps`` is. The sums run in float32
+    whatever the parameters' dtype (bfloat16 gradients are summed without bfloat16
+    rounding), and the results come back in the dtypes one micro-batch gives.
+    ``per_example`` arrays (leading axis = rows) come back for the whole batch, in order.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
@@ -125,17 +133,19 @@ def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
 
     def body(carry, micro):
         (loss, (scalars, per_example)), grads = grad_fn(params, micro)
-        w = scalars.get("weight", jnp.float32(1.0))
-        weighted = jax.tree.map(lambda x: x * w, (loss, grads, scalars))
+        w = jnp.asarray(scalars.get("weight", 1.0), jnp.float32)
+        weighted = jax.tree.map(lambda x: _accumulator(x) * w, (loss, grads, scalars))
         total, total_w = carry
         return (jax.tree.map(jnp.add, total, weighted), total_w + w), per_example
 
     micro = split_microbatches(batch, accum_steps)
     first = jax.tree.map(lambda x: x[0], micro)
-    (loss_s, (scalars_s, _)), grads_s = jax.eval_shape(grad_fn, params, first)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, grads_s, scalars_s))
+    shapes = jax.eval_shape(grad_fn, params, first)
+    (loss_s, (scalars_s, _)), grads_s = shapes
+    zeros = jax.tree.map(lambda s: _accumulator(jnp.zeros(s.shape, s.dtype)), (loss_s, grads_s, scalars_s))
     (total, total_w), per_example = jax.lax.scan(body, (zeros, jnp.float32(0.0)), micro)
-    loss, grads, scalars = jax.tree.map(lambda x: x / jnp.maximum(total_w, 1e-12), total)
+    mean = jax.tree.map(lambda x: x / jnp.maximum(total_w, 1e-12), total)
+    loss, grads, scalars = jax.tree.map(lambda x, s: x.astype(s.dtype), mean, (loss_s, grads_s, scalars_s))
     if "weight" in scalars:
         scalars = {**scalars, "weight": total_w}
     return loss, grads, scalars, merge_microbatches(per_example)

@@ -94,3 +94,40 @@ def test_optimizer_for_reads_a_config_section():
     section.lr_schedule = "cosine"
     with pytest.raises(ValueError, match="unknown learning-rate schedule 'cosine'"):
         training.optimizer_for(section, total_steps=3)
+
+
+def test_bfloat16_params_accumulate_in_float32_and_step():
+    """bfloat16 params with accumulation: the scan carry once became float32 and failed to trace."""
+    from rlhf_jax.models.build import causal_lm
+    import ml_collections as mlc
+    spec = mlc.ConfigDict({"init": "preset:tiny-llama", "overrides": {}, "dtype": "bfloat16",
+                           "param_dtype": "bfloat16", "remat": "none"})
+    model, params = causal_lm(spec, jax.random.key(0))
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    ids = jax.random.randint(jax.random.key(1), (4, 12), 0, model.config.vocab_size)
+    batch = {"ids": ids, "mask": jnp.ones_like(ids)}
+
+    def loss_fn(p, b):
+        logits = model.apply({"params": p}, b["ids"], b["mask"]).logits.astype(jnp.float32)
+        lp = jax.nn.log_softmax(logits[:, :-1])
+        nll = -jnp.take_along_axis(lp, b["ids"][:, 1:, None], -1)[..., 0]
+        return nll.mean(), ({"weight": jnp.float32(nll.size)}, {})
+
+    tx = training.optimizer_for(mlc.ConfigDict({"lr": 1e-3, "lr_schedule": "constant",
+                                                "warmup_steps": 0, "weight_decay": 0.0,
+                                                "max_grad_norm": 1.0}), total_steps=1)
+    full_loss, full_grads, _, _ = training.accumulated_gradients(loss_fn, params, batch, 1)
+    loss, grads, _, _ = training.accumulated_gradients(loss_fn, params, batch, 2)
+    assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, params)
+    assert float(loss) == pytest.approx(float(full_loss), rel=1e-2)  # bf16 forward
+    for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads)):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(f, np.float32),
+                                   rtol=0.05, atol=0.05 * float(jnp.abs(f.astype(jnp.float32)).max()) + 1e-6)
+    step = training.make_train_step(loss_fn, tx, accum_steps=2, donate=False)
+    state = training.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
+    new_state, metrics = step(state, batch)
+    assert jax.tree.map(lambda p: p.dtype, new_state.params) == jax.tree.map(lambda p: p.dtype, params)
+    assert np.isfinite(float(metrics["loss"]))
+    changed = [not np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+               for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params))]
+    assert any(changed)
