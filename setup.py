@@ -30,6 +30,7 @@ TEST = [
     "accelerate>=1.0",  # transformers needs it to load a GGUF file (the PyTorch reference)
     "playwright>=1.50",  # drives a system Chromium to render the HTML report (no browser download)
     "alpaca-eval>=0.6.6",  # the reference for the length-controlled win rate (pulls no torch)
+    "jax[tpu]>=0.10.2",  # libtpu matching jax: `rlhf-jax fit` compiles for TPU topologies on CPU
 ]
 
 setup(

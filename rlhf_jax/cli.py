@@ -22,6 +22,10 @@ Sub-commands:
   correlations, plots and the report (:mod:`rlhf_jax.analysis.report`).
 * ``rlhf-jax evaluate --a FILE --b FILE --judge score|chat``: win rates,
   bootstrap intervals and the length-controlled win rate (:mod:`rlhf_jax.evaluate`).
+* ``rlhf-jax fit --config FILE[:ARG] --topology v5e-8 [--mesh D,F,T] [--config.KEY=VALUE …]``:
+  compile every function of the config's stage(s) for a TPU slice, from this machine, and
+  print peak memory per chip, FLOPs and the verdict; exits 1 when it does not fit
+  (:mod:`rlhf_jax.fit`).
 """
 
 from __future__ import annotations
@@ -205,6 +209,27 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> int:
+    """Compile the config's stage(s) for a TPU slice; print the tables; 1 when something does not fit."""
+    from rlhf_jax.config import ConfigError, load_config
+    from rlhf_jax.fit import fit
+    config = load_config(args.config, args.overrides)
+    mesh = None
+    if args.mesh:
+        try:
+            mesh = [int(x) for x in args.mesh.split(",")]
+        except ValueError:
+            mesh = []
+        if len(mesh) != 3:
+            raise ConfigError(f"--mesh {args.mesh!r}: expected three sizes DATA,FSDP,TENSOR "
+                              "(one may be -1)")
+    reports = fit(config, args.topology, mesh=mesh)
+    for report in reports:
+        print(report.table())
+        print()
+    return 0 if all(r.fits for r in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", help="JSONL of judgements, appended and reused")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=cmd_evaluate)
+    fit = sub.add_parser("fit", help="will the config's stage fit a TPU slice? (AOT compile, no TPU)",
+                         epilog="Override any config key with --config.KEY=VALUE, e.g. "
+                                "--config.model.init=preset:llama-2-7b.")
+    fit.add_argument("--config", required=True, help="stage or study config, optionally FILE:ARG")
+    fit.add_argument("--topology", required=True,
+                     help="a slice (v5e-8, v4-8, v5p-16, …) or a libtpu topology (v5e:2x4)")
+    fit.add_argument("--mesh", help="DATA,FSDP,TENSOR replacing the config's mesh section")
+    fit.set_defaults(func=cmd_fit)
     for name, help_text in (("sft", "supervised fine-tuning of a policy"),
                             ("train-rm", "train a Bradley–Terry reward model"),
                             ("ppo", "PPO against a reward model or a length-only reward")):
@@ -282,10 +315,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides, rest = overrides_from_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     args.overrides = overrides
+    if args.command == "fit":  # compile-only TPU devices: JAX itself runs on the CPU
+        import os
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from rlhf_jax.xla_cpu import tune_cpu_flags
     tune_cpu_flags()  # before JAX starts its CPU backend; RLHF_JAX_CPU_TUNING=0 opts out
-    from rlhf_jax.sharding import initialize_distributed
-    initialize_distributed()  # a no-op unless launched on several hosts (see launch/)
+    if args.command != "fit":
+        from rlhf_jax.sharding import initialize_distributed
+        initialize_distributed()  # a no-op unless launched on several hosts (see launch/)
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
     from rlhf_jax.models.errors import CheckpointError

@@ -75,6 +75,12 @@ def sft_examples(config) -> tuple:
     return hold_out(rows, config.sft.eval_fraction, config.seed)
 
 
+def eval_step_for(model, steps):
+    """The jitted eval of a batch (summed response NLL and token count), sharded as the step is."""
+    return jax.jit(functools.partial(nll_sum_and_count, model=model),
+                   in_shardings=(steps.shardings.params, steps.batch_sharding))
+
+
 def train_sft(config, workdir: str) -> dict:
     """Run (or resume, or return the finished result of) an SFT stage in ``workdir``."""
     wd, done = open_stage(config, workdir)
@@ -95,8 +101,7 @@ def train_sft(config, workdir: str) -> dict:
                     best_metric="loss", best_mode="min", desc="sft")
     setup = supervised_setup(model, params, tokenizer, cfg, loss_fn=response_nll,
                              total_steps=spec.total_steps, mesh=mesh)
-    eval_fn = jax.jit(functools.partial(nll_sum_and_count, model=model),
-                      in_shardings=(setup.shardings.params, setup.batch_sharding))
+    eval_fn = eval_step_for(model, setup)
     batches = functools.partial(
         pipeline.batches, collate=pipeline.collate_sft, buckets=tuple(sorted(config.data.buckets)),
         pad_id=pipeline.pad_token_id(tokenizer), seed=config.seed,

@@ -50,40 +50,55 @@ def open_stage(config, workdir: str) -> tuple:
     return wd, done
 
 
-def stage_mesh(config):
-    """The stage's device mesh from its ``mesh`` section (``data``, ``fsdp``, ``tensor``)."""
-    return sharding.make_mesh(**dict(config.mesh))
+def stage_mesh(config, devices=None):
+    """The stage's device mesh from its ``mesh`` section (``data``, ``fsdp``, ``tensor``), over
+    ``devices`` (default ``jax.devices()``; :mod:`rlhf_jax.fit` passes a TPU topology's)."""
+    return sharding.make_mesh(**dict(config.mesh), devices=devices)
 
 
 @dataclasses.dataclass
-class SupervisedSetup:
-    """What an SFT or reward-model stage trains with: the initial state on the mesh, its
-    shardings, the optimizer, the compiled step and the batch sharding."""
+class SupervisedSteps:
+    """What an SFT or reward-model stage compiles, before any weights exist: the optimizer,
+    the train state's shardings, the jitted step and the batch sharding."""
 
-    state: training.TrainState
     shardings: training.TrainState
     tx: object
     train_step: Callable
     batch_sharding: object
 
 
-def supervised_setup(model, params, tokenizer, section, *, loss_fn: Callable, total_steps: int,
-                     mesh) -> SupervisedSetup:
-    """Check the vocabulary, build the optimizer (``section``: ``lr``, ``lr_schedule``, …,
-    ``accum_steps``), place the train state by its logical axes and compile the step of
-    ``loss_fn(params, batch, model=model)``."""
-    check_vocab(tokenizer, model.config)
+@dataclasses.dataclass
+class SupervisedSetup(SupervisedSteps):
+    """:class:`SupervisedSteps` plus the initial train state placed on the mesh."""
+
+    state: training.TrainState = None
+
+
+def supervised_steps(model, params_shape, section, *, loss_fn: Callable, total_steps: int,
+                     mesh) -> SupervisedSteps:
+    """The optimizer (``section``: ``lr``, ``lr_schedule``, …, ``accum_steps``), the train
+    state's shardings by logical axes and the jitted step of ``loss_fn(params, batch,
+    model=model)``. ``params_shape``: the params or their shapes (``jax.eval_shape``): this
+    needs no weights, so :mod:`rlhf_jax.fit` compiles it for a TPU topology from a CPU."""
     tx = training.optimizer_for(section, total_steps)
-    shardings = training.state_shardings(model, mesh, tx, params)
+    shardings = training.state_shardings(model, mesh, tx, params_shape)
     batch_sh = sharding.batch_sharding(mesh)
-    with sharding.use_mesh(mesh):
-        state = jax.jit(lambda p: training.init_state(p, tx), out_shardings=shardings)(
-            jax.device_put(params, shardings.params))
     step = training.make_train_step(functools.partial(loss_fn, model=model), tx,
                                     accum_steps=section.accum_steps, shardings=shardings,
                                     batch_sharding=batch_sh)
-    return SupervisedSetup(state=state, shardings=shardings, tx=tx, train_step=step,
-                           batch_sharding=batch_sh)
+    return SupervisedSteps(shardings=shardings, tx=tx, train_step=step, batch_sharding=batch_sh)
+
+
+def supervised_setup(model, params, tokenizer, section, *, loss_fn: Callable, total_steps: int,
+                     mesh) -> SupervisedSetup:
+    """Check the vocabulary, build :func:`supervised_steps` and place the initial train state."""
+    check_vocab(tokenizer, model.config)
+    steps = supervised_steps(model, params, section, loss_fn=loss_fn, total_steps=total_steps,
+                             mesh=mesh)
+    with sharding.use_mesh(mesh):
+        state = jax.jit(lambda p: training.init_state(p, steps.tx), out_shardings=steps.shardings)(
+            jax.device_put(params, steps.shardings.params))
+    return SupervisedSetup(**vars(steps), state=state)
 
 
 def count_params(params) -> int:

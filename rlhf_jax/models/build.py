@@ -65,6 +65,36 @@ def causal_lm(spec, key) -> tuple:
     return model.clone(config=_with_options(model.config, spec)), params
 
 
+def model_config(spec):
+    """The :class:`~rlhf_jax.models.DecoderConfig` a model spec builds, read without weights:
+    a preset's config, an HF directory's ``config.json`` (a scalar export's too), or a GGUF's
+    metadata. With ``spec.dtype``, ``param_dtype`` and ``remat`` applied."""
+    init = resolve_init_path(spec.init)
+    if init.startswith("preset:"):
+        hf = {**preset_config(init[len("preset:"):]), **dict(spec.get("overrides", {}) or {})}
+        return _with_options(config_from_hf(hf, init), spec)
+    if spec.get("overrides"):
+        raise CheckpointError(f"model.overrides apply to presets only; {init} is a checkpoint")
+    if not os.path.exists(init):
+        raise CheckpointError(f"model.init = {init!r}: no such file or directory (expected "
+                              "preset:NAME, smollm2, an HF directory or a .gguf file)")
+    if init.endswith(".gguf"):
+        from rlhf_jax.models.gguf_import import read_gguf_config
+        hf = read_gguf_config(init)
+    else:
+        hf = read_config(init)
+    return _with_options(config_from_hf(hf, init), spec)
+
+
+def abstract_params(model):
+    """The shapes and dtypes of ``model``'s params (``jax.ShapeDtypeStruct`` leaves): no weights,
+    no FLOPs, no device memory."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    return nn.unbox(shapes)["params"]
+
+
 def scalar_model(spec, key, readout: str = "last") -> tuple:
     """``(ScalarModel, params)``: a scalar-model export as is, else an LM's trunk + a fresh head."""
     init = resolve_init_path(spec.init)

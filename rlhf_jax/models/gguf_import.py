@@ -74,6 +74,14 @@ def smollm2_gguf_path() -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def read_gguf_config(path) -> dict:
+    """The HF config dict of a Llama GGUF file, from its metadata alone (no tensor is read)."""
+    path = os.fspath(path)
+    reader = _open_reader(path)
+    fields = _metadata(reader)
+    return _build_config(fields, _architecture(fields, path), [t.name for t in reader.tensors], path)
+
+
 def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
     """Read a Llama GGUF file into (HF config dict, HF-named float32 numpy state dict).
 

@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import copy
 
+def _llama2(*, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> dict:
+    return {"model_type": "llama", "vocab_size": 32000, "hidden_size": hidden,
+            "intermediate_size": intermediate, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+            "head_dim": hidden // heads, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu",
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+
+
 _PRESETS = {
     # Grouped-query attention (4 query heads share 2 kv heads), untied head, non-default theta.
     "tiny-llama": {
@@ -37,6 +46,10 @@ _PRESETS = {
         "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu",
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
     },
+    # Llama-2 shapes (meta-llama/Llama-2-{7b,13b,70b}-hf config.json), for `rlhf-jax fit`.
+    "llama-2-7b": _llama2(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32),
+    "llama-2-13b": _llama2(hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40),
+    "llama-2-70b": _llama2(hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8),
     # The shape of SmolLM2-135M: a 135M-class Llama for benchmarks.
     "llama-135m": {
         "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,

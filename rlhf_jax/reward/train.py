@@ -56,6 +56,18 @@ def reward_loss(params, batch, *, model, margin: float, center_coef: float):
     return loss, (scalars, {"margin": diff, "index": batch["index"], "weight": w})
 
 
+def reward_loss_for(rm_section):
+    """:func:`reward_loss` with the section's margin and centring coefficient."""
+    return functools.partial(reward_loss, margin=rm_section.margin, center_coef=rm_section.center_coef)
+
+
+def score_step_for(model, steps):
+    """The jitted eval scoring of a pair batch (``steps``: the stage's :class:`~rlhf_jax.stage.
+    SupervisedSteps`), sharded as the train step is."""
+    return jax.jit(functools.partial(score_rows, model),
+                   in_shardings=(steps.shardings.params, steps.batch_sharding))
+
+
 def score_pairs(model, params, batch):
     """``(r_chosen [b], r_rejected [b])`` from one forward over the ``2b`` stacked rows."""
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
@@ -136,12 +148,10 @@ class RewardTrainer:
             steps_per_epoch=pipeline.steps_per_epoch(num_train, rm.batch_size, jax.process_count()),
             epochs=rm.epochs, log_every=rm.log_every, eval_every=rm.eval_every,
             best_metric="accuracy", best_mode="max", desc="reward model")
-        setup = supervised_setup(
-            model, params, self.tokenizer, rm, total_steps=self.spec.total_steps, mesh=self.mesh,
-            loss_fn=functools.partial(reward_loss, margin=rm.margin, center_coef=rm.center_coef))
+        setup = supervised_setup(model, params, self.tokenizer, rm, total_steps=self.spec.total_steps,
+                                 mesh=self.mesh, loss_fn=reward_loss_for(rm))
         self.tx, self.shardings, self.train_step = setup.tx, setup.shardings, setup.train_step
-        self.score_step = jax.jit(functools.partial(score_rows, model),
-                                  in_shardings=(self.shardings.params, setup.batch_sharding))
+        self.score_step = score_step_for(model, setup)
         return setup.state
 
     def batches(self, examples, *, epoch: int = 0, train: bool = True, batch_size: int = None):

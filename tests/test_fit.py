@@ -1,0 +1,97 @@
+"""`rlhf-jax fit`: stages compiled ahead of time for a TPU topology, on this CPU machine.
+
+Needs libtpu (`pip install "jax[tpu]==<jax version>"`, which `.ci/run` installs); without it
+the tests skip, saying so. The memory figures are XLA's; the tests check them against
+quantities computed here from the shapes (the train state's bytes per chip), and the
+hand-counted FLOPs against the textbook 6·N·tokens.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax import fit
+from rlhf_jax.config import load_config
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                reason="libtpu is not installed (pip install \"jax[tpu]==<jax>\")")
+
+GIB = 1024 ** 3
+
+
+def tiny_rm_config():
+    config = load_config("configs/synthetic/rm.py")
+    with config.unlocked():
+        config.model.init = "preset:tiny-llama"
+        config.model.overrides = {}
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_report():
+    (report,) = fit.fit(tiny_rm_config(), "v5e-8")
+    return report
+
+
+def test_slices_resolve_to_their_chip_counts():
+    devices, chip, topology = fit.topology_devices("v5e-8")
+    assert (len(devices), chip.name, topology) == (8, "v5e", "v5e:2x4")
+    assert len({d.process_index for d in devices}) == 1  # one 8-chip host
+    devices, chip, _ = fit.topology_devices("v4-8")
+    assert (len(devices), chip.name) == (4, "v4")
+
+
+def test_rm_step_memory_is_xlas_and_counts_the_sharded_state(tiny_rm_report):
+    from rlhf_jax.models import ScalarModel
+    from rlhf_jax.models.build import abstract_params, model_config
+    report = tiny_rm_report
+    assert [p.name for p in report.phases] == ["rm step", "rm eval"]
+    assert report.mesh == {"data": 1, "fsdp": 8, "tensor": 1}
+    step, evaluation = report.phases
+    config = tiny_rm_config()
+    params = abstract_params(ScalarModel(model_config(config.model)))
+    param_bytes = sum(np.prod(x.shape) * 4 for x in jax.tree.leaves(params))
+    # the state (params + Adam's two moments) is sharded over 8 chips: at least 3/8 of it
+    # per chip, and XLA's peak holds at least the arguments
+    assert step.argument_bytes >= 3 * param_bytes / 8
+    assert step.peak_bytes >= step.argument_bytes
+    assert step.alias_bytes > 0  # the donated state is reused for the new one
+    assert evaluation.resident_bytes > 0 and evaluation.alias_bytes == 0
+    assert report.fits and "verdict: fits" in report.table()
+
+
+def test_hand_counted_flops_match_six_n_tokens():
+    from rlhf_jax.models.build import model_config
+    import ml_collections as mlc
+    spec = mlc.ConfigDict({"init": "preset:llama-2-7b", "overrides": {}, "dtype": "bfloat16",
+                           "param_dtype": "float32", "remat": "none"})
+    cfg = model_config(spec)
+    n = fit.matmul_params(cfg, lm_head=True)
+    embed = cfg.vocab_size * cfg.hidden_size
+    assert n + embed == pytest.approx(6.738e9, rel=1e-3)  # Llama-2-7B: 6,738,415,616 params (less norms)
+    tokens, context = 1024, 1
+    assert fit.train_flops(cfg, tokens, context) == pytest.approx(6 * n * tokens, rel=1e-3)
+
+
+def test_cli_exits_one_when_the_stage_does_not_fit(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": ""}
+    base = [sys.executable, "-m", "rlhf_jax.cli", "fit", "--config", "configs/synthetic/rm.py",
+            "--topology", "v5e-8", "--config.model.init=preset:tiny-llama"]
+    ok = subprocess.run(base, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "rm step" in ok.stdout and "verdict: fits" in ok.stdout
+    # a batch too large for 16 GiB chips: 4096 pairs × 96 tokens of a 4096-wide model
+    big = subprocess.run(base + ["--config.rm.batch_size=4096",
+                                 "--config.model.overrides={'hidden_size': 4096, 'intermediate_size': 16384, 'num_attention_heads': 32, 'num_key_value_heads': 32, 'head_dim': 128}"],
+                         capture_output=True, text=True, env=env)
+    assert big.returncode == 1, big.stderr[-2000:]
+    assert "does NOT fit" in big.stdout
+    bad = subprocess.run(base[:-3] + ["--topology", "v9z-8"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "v9z" in bad.stderr and "Traceback" not in bad.stderr
