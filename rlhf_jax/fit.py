@@ -24,6 +24,7 @@ a phase does not fit. Batch sizes are per process, as the stages read them: a sl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -109,8 +110,14 @@ def shard_bytes(tree) -> int:
         sh = getattr(leaf, "sharding", None)
         if sh is not None:
             shape = sh.shard_shape(shape)
-        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+        total += math.prod(shape) * _itemsize(leaf.dtype)
     return total
+
+
+def _itemsize(dtype) -> int:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return 8  # a threefry key: two uint32
+    return jnp.dtype(dtype).itemsize
 
 
 def matmul_params(cfg, *, lm_head: bool) -> int:
@@ -296,12 +303,119 @@ def fit_sft(config, devices, chip: Chip) -> list:
     ]
 
 
+def _forward_flops(cfg, rows: int, prompt: int, response: int) -> float:
+    """A forward over ``rows × (prompt + response)`` tokens with the LM head on the response."""
+    trunk = decoder_forward_flops(cfg, rows * (prompt + response), prompt + response, lm_head=False)
+    return trunk + 2.0 * cfg.hidden_size * cfg.vocab_size * rows * response
+
+
+def fit_ppo(config, devices, chip: Chip) -> list:
+    """The PPO stage: sampler, reference forward, policy/value forward, reward scoring, update.
+
+    Shapes are the worst case a step can take: every prompt ``data.max_prompt_length − 1``
+    tokens (rounded up to ``generation.prompt_bucket``), ``generation.max_new_tokens − 1``
+    sampled, reward-model inputs of ``max(reward.buckets)`` tokens. While one phase runs, the
+    others' state stays in HBM: its "resident" column.
+    """
+    from rlhf_jax.generate import _sample_jitted
+    from rlhf_jax.models import ScalarModel
+    from rlhf_jax.models.build import abstract_params, model_config
+    from rlhf_jax.models.heads import lm_params
+    from rlhf_jax.ppo import roles
+    from rlhf_jax.ppo.rewards import export_spec
+    from rlhf_jax.reward.scoring import sharded_forward
+    from rlhf_jax.stage import stage_mesh
+
+    mesh = stage_mesh(config, devices)
+    lm, policy_model, value_model = roles.role_models(config)
+    tx = roles.ppo_optimizer(config)
+    params = {"policy": abstract_params(policy_model)}
+    if value_model is not None:
+        params["value"] = abstract_params(value_model)
+    state_shape = jax.eval_shape(lambda p: roles.initial_state(config, p, tx, jax.random.key(0)),
+                                 params)
+    fns = roles.role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh,
+                               eos_id=2, pad_id=0)
+    state = abstract(state_shape, fns.shardings)
+    reference = abstract(lm_params(state_shape.params["policy"]) if value_model is None
+                         else state_shape.params["policy"], fns.reference_shardings)
+    cfg, n = lm.config, len(devices)
+    g, rows = config.generation, config.ppo.batch_size * _hosts(devices)
+    prompt = -(-(config.data.max_prompt_length - 1) // g.prompt_bucket) * g.prompt_bucket
+    response = g.max_new_tokens - 1
+    batch_sh = sharding.batch_sharding(mesh)
+    ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh)  # noqa: E731
+    floats = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sh)  # noqa: E731
+    replicated = sharding.replicated(mesh)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+
+    phases_rm = []
+    rm_bytes = 0
+    if config.reward.kind == "model":
+        rm_model = ScalarModel(model_config(export_spec(config.reward.model)), readout="last")
+        rm_params_shape = abstract_params(rm_model)
+        rm_sh = sharding.param_shardings(rm_model, mesh)
+        rm_params = abstract(rm_params_shape, rm_sh)
+        rm_bytes = shard_bytes(rm_params)
+        width = int(max(config.reward.buckets))
+        phases_rm = [("reward scoring", sharded_forward(rm_model, mesh), (rm_params, ints(rows, width),
+                      ints(rows, width)), decoder_forward_flops(rm_model.config, rows * width, width,
+                                                                 lm_head=False),
+                      f"{rows} × {width}, reward model {config.reward.model}", rm_bytes)]
+    state_bytes, ref_bytes = shard_bytes(state), shard_bytes(reference)
+    policy_lm = abstract(lm_params(state_shape.params["policy"]),
+                         lm_params(fns.shardings.params["policy"]))
+    lm_bytes = shard_bytes(policy_lm)
+    kv = 2 * cfg.num_layers * rows * (prompt + response) * cfg.num_kv_heads * cfg.head_dim
+    kv_bytes = kv * jnp.dtype(cfg.compute_dtype).itemsize / n
+    sampler = functools.partial(
+        _sample_jitted, lm, max_new_tokens=response, top_k=min(g.top_k, cfg.vocab_size),
+        greedy=g.temperature == 0, use_top_p=g.top_p < 1.0, eos_ids=(2,), pad_id=0,
+        unroll_layers=True, kernels="xla", use_penalty=False)
+    sampler = jax.jit(sampler)
+    sample_args = (policy_lm, ints(rows, prompt), ints(rows, prompt), key, scalar, scalar)
+    sample_flops = (_forward_flops(cfg, rows, prompt, 0)
+                    + decoder_forward_flops(cfg, rows * response, prompt + response))
+    rollout = (ints(rows, prompt), ints(rows, prompt), ints(rows, response), ints(rows, response))
+    forward_flops = _forward_flops(cfg, rows, prompt, response)
+    update_batch = {"prompt_ids": ints(rows, prompt), "prompt_mask": ints(rows, prompt),
+                    "response_ids": ints(rows, response), "mask": ints(rows, response),
+                    "logprobs": floats(rows, response), "ref_logprobs": floats(rows, response),
+                    "values": floats(rows, response), "raw_scores": floats(rows),
+                    "lengths": ints(rows), "ended": jax.ShapeDtypeStruct((rows,), jnp.bool_,
+                                                                        sharding=batch_sh)}
+    passes = 4 if cfg.remat != "none" else 3
+    shapes = f"{rows} prompts × {prompt} + {response} new"
+    plan = [
+        ("sampler", lambda *a: sampler(*a[:3], a[3], a[4], a[5], penalty=jnp.float32(1.0)),
+         sample_args, sample_flops, f"{shapes}; KV cache {kv_bytes * n / GIB:.2f} GiB in all",
+         state_bytes - lm_bytes + ref_bytes + rm_bytes),
+        ("reference forward", fns.ref_forward, (reference, *rollout), forward_flops, shapes,
+         state_bytes + rm_bytes),
+        ("policy + values forward", fns.policy_forward, (state.params, *rollout), forward_flops,
+         shapes, state_bytes - shard_bytes(state.params) + ref_bytes + rm_bytes),
+        *[(*phase[:5], state_bytes + ref_bytes) for phase in phases_rm],
+        ("update", fns.update, (state, update_batch),
+         passes * forward_flops * config.ppo.ppo_epochs,
+         f"{shapes}, {config.ppo.ppo_epochs} epoch(s) of minibatches of {config.ppo.mini_batch_size}",
+         ref_bytes + rm_bytes),
+    ]
+    out = []
+    for name, fn, args, flops, note, resident in plan:
+        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+        read = response * (lm_bytes + kv_bytes) if name == "sampler" else 0.0
+        out.append(compile_phase(name, jitted, args, mesh=mesh, chip=chip, num_chips=n,
+                                 flops=flops, read_bytes=read, resident_bytes=resident, note=note))
+    return out
+
+
 def _init_state(params, tx):
     from rlhf_jax.training import init_state
     return init_state(params, tx)
 
 
-STAGES = {"rm": fit_reward_model, "sft": fit_sft}
+STAGES = {"sft": fit_sft, "rm": fit_reward_model, "ppo": fit_ppo}
 """The stage fitters by config section; a study config (several sections) fits each."""
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from rlhf_jax.kernels import build as kernel_build
 from rlhf_jax.kernels import panel_matmul
-from rlhf_jax.models.layers import CPU_PANELS
+from rlhf_jax.models.layers import CPU_PANELS, XLA
 from rlhf_jax.models.transformer import KVCache, pack_projections, unstack_layers
 
 _NEG_INF = -1e30
@@ -184,7 +184,7 @@ def _choose(logits_bv, key, greedy: bool):
     return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
 
 
-def decoding_view(model, params):
+def decoding_view(model, params, kernels: Optional[str] = None):
     """The same model laid out for decoding: layers unrolled, an untied LM head, on CPU panel matmuls.
 
     Decoding reads every weight once per token. With stacked (scanned) layers
@@ -194,8 +194,10 @@ def decoding_view(model, params):
     which XLA:CPU runs ~30% slower than by a ``[embed, vocab]`` matrix
     (SmolLM2 at batch 16: 17 → 12 ms a step), so the view gives the head its
     own transposed copy (``tie_word_embeddings=False``; the logits are the
-    same). On a single CPU device with float32 weights, every projection and
-    the head are then packed for :mod:`rlhf_jax.kernels.panel_matmul`
+    same). When the params live on a single CPU device with float32 weights
+    (:func:`decoding_kernels`; ``kernels`` overrides it, and must be given
+    inside ``jit``, where the params' placement is not known), every projection
+    and the head are then packed for :mod:`rlhf_jax.kernels.panel_matmul`
     (``kernels="cpu_panels"``) when that kernel is available; the logits agree
     with XLA's matmul to float32 rounding. Called inside ``jit`` the copies are
     made once per call, outside any decode loop; the price is a second copy of
@@ -203,7 +205,7 @@ def decoding_view(model, params):
     model already in this layout is returned unchanged.
     """
     cfg = model.config
-    changes, kernels = {}, model.kernels
+    changes = {}
     if cfg.scan_layers:
         params = unstack_layers(params, cfg.num_layers)
         changes["scan_layers"] = False
@@ -211,20 +213,52 @@ def decoding_view(model, params):
         embedding_ve = params["model"]["embed_tokens"]["embedding"]
         params = {**params, "lm_head": {"kernel": jnp.transpose(embedding_ve)}}
         changes["tie_word_embeddings"] = False
-    if kernels != CPU_PANELS and _cpu_kernels_usable(cfg):
+    wanted = kernels if kernels is not None else decoding_kernels(model, params)
+    current = model.kernels
+    if wanted == CPU_PANELS and current != CPU_PANELS:
         params = pack_projections(params, cfg.num_layers)
-        kernels = CPU_PANELS
+    elif wanted != current and current == CPU_PANELS:
+        raise ValueError("these params are packed for the CPU kernels; decode them with "
+                         "kernels='cpu_panels' (or start from the training layout)")
+    kernels = wanted if wanted == CPU_PANELS else current
     if not changes and kernels == model.kernels:
         return model, params
     return model.clone(config=cfg.replace(**changes), kernels=kernels), params
 
 
-def _cpu_kernels_usable(cfg) -> bool:
-    """Float32 weights and compute, one device, a CPU where the kernels pay
-    (:func:`rlhf_jax.kernels.build.profitable_here`), and the panel kernel built here."""
-    return (cfg.dtype == "float32" and cfg.param_dtype == "float32"
-            and jax.device_count() == 1 and kernel_build.profitable_here()
-            and panel_matmul.available())
+def decoding_kernels(model, params) -> str:
+    """The kernels a decoding view of ``params`` should use, from where the params live.
+
+    ``"cpu_panels"`` when they sit on one CPU device (numpy arrays count as the default
+    device), in float32, on a CPU where the kernels pay
+    (:func:`rlhf_jax.kernels.build.profitable_here`) and the panel kernel is built here;
+    else ``"xla"``. The compile target decides, not the host: params placed on (or
+    shaped for) TPU or GPU devices, or sharded over several, never get the CPU kernels.
+    """
+    if model.kernels == CPU_PANELS:
+        return CPU_PANELS
+    cfg = model.config
+    if cfg.dtype != "float32" or cfg.param_dtype != "float32":
+        return XLA
+    devices = _devices_of(params)
+    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+        return XLA
+    return CPU_PANELS if kernel_build.profitable_here() and panel_matmul.available() else XLA
+
+
+def _devices_of(params) -> set:
+    """The devices ``params`` live on (or, for ``ShapeDtypeStruct`` leaves, are shaped for)."""
+    devices = set()
+    for leaf in jax.tree.leaves(params):
+        sh = getattr(leaf, "sharding", None)
+        if sh is not None:
+            devices |= set(sh.device_set)
+        elif isinstance(leaf, jax.core.Tracer):
+            raise ValueError("decoding_view inside jit needs kernels= (the params' placement is "
+                             "not known while tracing)")
+        else:
+            devices.add(jax.devices()[0])
+    return devices
 
 
 def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
@@ -257,22 +291,23 @@ def sample(model, params, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
             f"{cfg.max_position_embeddings} learned positions of this {cfg.family} model")
     top_k = min(top_k, cfg.vocab_size)
     eos_ids = () if eos_id is None else tuple(int(e) for e in np.atleast_1d(eos_id))
+    kernels = decoding_kernels(model, params) if unroll_layers else model.kernels
     return _sample_jitted(
         model, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key,
         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), max_new_tokens=max_new_tokens,
         top_k=top_k, greedy=temperature == 0, use_top_p=top_p < 1.0, eos_ids=eos_ids,
-        pad_id=pad_id, unroll_layers=unroll_layers, penalty=jnp.float32(repetition_penalty),
-        use_penalty=repetition_penalty != 1.0)
+        pad_id=pad_id, unroll_layers=unroll_layers, kernels=kernels,
+        penalty=jnp.float32(repetition_penalty), use_penalty=repetition_penalty != 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "model", "max_new_tokens", "top_k", "greedy", "use_top_p", "eos_ids", "pad_id",
-    "unroll_layers", "use_penalty"))
+    "unroll_layers", "kernels", "use_penalty"))
 def _sample_jitted(model, params, prompt_ids, prompt_mask, key, temperature, top_p, *,
                    max_new_tokens, top_k, greedy, use_top_p, eos_ids, pad_id, unroll_layers,
-                   penalty, use_penalty):
+                   kernels, penalty, use_penalty):
     if unroll_layers:
-        model, params = decoding_view(model, params)
+        model, params = decoding_view(model, params, kernels=kernels)
     b, p = prompt_ids.shape
     variables = {"params": params}
     cache = model.init_cache(b, p + max_new_tokens)

@@ -101,7 +101,8 @@ def initial_params(config, key):
 
 
 def state_shardings(state: PPOState, policy_model, value_model, tx, mesh) -> PPOState:
-    """Params and optimizer state over the mesh by their logical axes; the rest replicated."""
+    """Params and optimizer state over the mesh by their logical axes; the rest replicated.
+    ``state`` may hold shapes (``jax.eval_shape``) instead of arrays."""
     param_sh = {"policy": sharding.param_shardings(policy_model, mesh)}
     if value_model is not None:
         param_sh["value"] = sharding.param_shardings(value_model, mesh)
@@ -112,29 +113,46 @@ def state_shardings(state: PPOState, policy_model, value_model, tx, mesh) -> PPO
                     window=jax.tree.map(lambda _: replicated, state.window), key=replicated)
 
 
-def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[Roles, PPOState]:
-    """The run's :class:`Roles` and its initial state on ``mesh``."""
-    c, p = config, config.ppo
-    key = jax.random.key(c.seed)
-    lm, policy_model, value_model, params = initial_params(c, key)
-    check_vocab(tokenizer, lm.config, role="policy")
-    reference = load_reference(c, lm_params(params["policy"]))
-    updates = p.steps * p.ppo_epochs * (p.batch_size // p.mini_batch_size)
-    tx = training.optimizer_for(p, updates)
-    state = PPOState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     kl_coef=jnp.float32(p.init_kl_coef),
-                     window=shaping.RewardWindow.empty(c.shaping.window, c.shaping.window_groups),
-                     key=jax.random.fold_in(key, 7))
-    shardings = state_shardings(state, policy_model, value_model, tx, mesh)
+def ppo_optimizer(config):
+    """The ``ppo`` section's optimizer over the run's updates (steps × epochs × minibatches)."""
+    p = config.ppo
+    return training.optimizer_for(p, p.steps * p.ppo_epochs * (p.batch_size // p.mini_batch_size))
+
+
+def initial_state(config, params, tx, key) -> PPOState:
+    """The first :class:`PPOState` of ``params`` (arrays, or shapes under ``jax.eval_shape``)."""
+    c = config
+    return PPOState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    kl_coef=jnp.float32(c.ppo.init_kl_coef),
+                    window=shaping.RewardWindow.empty(c.shaping.window, c.shaping.window_groups),
+                    key=jax.random.fold_in(key, 7))
+
+
+@dataclasses.dataclass
+class RoleFunctions:
+    """What a PPO run compiles, from its models' shapes alone (:mod:`rlhf_jax.fit` lowers these
+    for a TPU topology): the state's and the reference's shardings and the jitted functions."""
+
+    shardings: PPOState
+    reference_shardings: dict
+    update: Callable
+    ref_forward: Callable
+    policy_forward: Callable
+    cut: Callable
+
+
+def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh, *,
+                   eos_id: int, pad_id: int) -> RoleFunctions:
+    """Shardings and compiled functions of the roles; ``state_shape``: the :class:`PPOState` or
+    its shapes."""
+    shardings = state_shardings(state_shape, policy_model, value_model, tx, mesh)
     ref_sh = (shardings.params["policy"] if value_model is not None
               else lm_params(shardings.params["policy"]))
-    with sharding.use_mesh(mesh):
-        state = jax.device_put(state, shardings)
-        reference = jax.device_put(reference, ref_sh)
+    batch_sh = sharding.batch_sharding(mesh)
     update = jax.jit(functools.partial(ppo_update, policy_model=policy_model,
-                                       value_model=value_model, tx=tx, cfg=c),
-                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                     out_shardings=(shardings, None), donate_argnums=(0,))
+                                       value_model=value_model, tx=tx, cfg=config),
+                     in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
+                     donate_argnums=(0,))
     ref_forward = jax.jit(lambda ref, *a: rollout.policy_outputs(lm, ref, *a, with_values=False)[0])
     if value_model is None:
         policy_forward = jax.jit(lambda prm, *a: rollout.policy_outputs(
@@ -144,7 +162,39 @@ def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[R
             rollout.policy_outputs(lm, prm["policy"], *a, with_values=False)[0],
             rollout.scalar_values(value_model, prm["value"], *a)))
     cut = jax.jit(functools.partial(rollout.cut_to_length, eos_ids=(eos_id,), pad_id=pad_id))
+    return RoleFunctions(shardings=shardings, reference_shardings=ref_sh, update=update,
+                         ref_forward=ref_forward, policy_forward=policy_forward, cut=cut)
+
+
+def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[Roles, PPOState]:
+    """The run's :class:`Roles` and its initial state on ``mesh``."""
+    c = config
+    key = jax.random.key(c.seed)
+    lm, policy_model, value_model, params = initial_params(c, key)
+    check_vocab(tokenizer, lm.config, role="policy")
+    reference = load_reference(c, lm_params(params["policy"]))
+    tx = ppo_optimizer(c)
+    state = initial_state(c, params, tx, key)
+    fns = role_functions(c, lm, policy_model, value_model, tx, state, mesh, eos_id=eos_id,
+                         pad_id=pad_id)
+    with sharding.use_mesh(mesh):
+        state = jax.device_put(state, fns.shardings)
+        reference = jax.device_put(reference, fns.reference_shardings)
     roles = Roles(lm=lm, policy_model=policy_model, value_model=value_model, reference=reference,
-                  tx=tx, shardings=shardings, update=update, ref_forward=ref_forward,
-                  policy_forward=policy_forward, cut=cut)
+                  tx=tx, shardings=fns.shardings, update=fns.update, ref_forward=fns.ref_forward,
+                  policy_forward=fns.policy_forward, cut=fns.cut)
     return roles, state
+
+
+def role_models(config) -> tuple:
+    """``(lm, policy_model, value_model)`` from the configs alone (no weights read)."""
+    from rlhf_jax.models.build import model_config
+    cfg = model_config(config.model)
+    lm = CausalLM(cfg)
+    if config.ppo.value_model == "shared":
+        return lm, PolicyWithValue(cfg), None
+    if config.ppo.value_model != "separate" or not config.reward.model:
+        raise ConfigError(f"config key 'ppo.value_model' = {config.ppo.value_model!r} needs "
+                          f"'shared', or 'separate' with a reward.model")
+    value_cfg = model_config(export_spec(config.reward.model))
+    return lm, lm, ScalarModel(value_cfg, readout="all")

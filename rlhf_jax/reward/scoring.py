@@ -19,6 +19,16 @@ from rlhf_jax.data import pipeline
 from rlhf_jax.data.templates import rm_text
 
 
+def sharded_forward(model, mesh):
+    """``forward(params, ids, mask) -> scores [b]``, jitted over ``mesh``: params by their logical
+    axes (:func:`rlhf_jax.sharding.param_shardings`), rows over the batch axes."""
+    from rlhf_jax import sharding
+    batch = sharding.batch_sharding(mesh)
+    return jax.jit(lambda p, ids, m: model.apply({"params": p}, ids, attention_mask=m).values,
+                   in_shardings=(sharding.param_shardings(model, mesh), batch, batch),
+                   out_shardings=batch)
+
+
 class RewardScorer:
     """``scorer(prompts, responses) -> scores [n]`` (float32) of a ``ScalarModel(readout="last")``.
 
