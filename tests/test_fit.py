@@ -95,3 +95,42 @@ def test_cli_exits_one_when_the_stage_does_not_fit(tmp_path):
     assert "does NOT fit" in big.stdout
     bad = subprocess.run(base[:-3] + ["--topology", "v9z-8"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "v9z" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ppo_phases_compile_for_tpu_even_with_cpu_kernels_forced():
+    """The suite forces RLHF_JAX_CPU_KERNELS=1: a sampler compiled for TPU devices must still
+    use XLA's matmul (the CPU FFI kernel has no TPU emitter: 'Custom emitter ... not found')."""
+    assert os.environ.get("RLHF_JAX_CPU_KERNELS") == "1"
+    config = load_config("configs/synthetic/ppo.py", ["--config.model.init=preset:tiny-llama",
+                                                      "--config.reward.model=preset:tiny-llama"])
+    (report,) = fit.fit(config, "v5e-8")
+    names = [p.name for p in report.phases]
+    assert names == ["sampler", "reference forward", "policy + values forward", "reward scoring",
+                     "update"]
+    phases = dict(zip(names, report.phases))
+    assert phases["update"].alias_bytes > 0          # the PPO state is donated
+    assert phases["sampler"].alias_bytes == 0
+    # while sampling, the optimizer state, the reference and the reward model stay resident
+    assert phases["sampler"].resident_bytes > phases["reward scoring"].resident_bytes / 4
+    assert all(p.flops > 0 and p.peak_bytes > 0 for p in report.phases)
+    assert report.fits
+
+
+def test_decoding_kernels_follow_the_params_devices():
+    from rlhf_jax.generate import decoding_kernels
+    from rlhf_jax.models import CausalLM
+    from rlhf_jax.models.build import abstract_params, model_config
+    from rlhf_jax.kernels import panel_matmul
+    import ml_collections as mlc
+    spec = mlc.ConfigDict({"init": "preset:tiny-llama", "overrides": {}, "dtype": "float32",
+                           "param_dtype": "float32", "remat": "none"})
+    model = CausalLM(model_config(spec))
+    shapes = abstract_params(model)
+    devices, _, _ = fit.topology_devices("v5e-8")
+    from rlhf_jax import sharding
+    mesh = sharding.make_mesh(data=1, fsdp=-1, devices=devices)
+    on_tpu = fit.abstract(shapes, sharding.param_shardings(model, mesh))
+    assert decoding_kernels(model, on_tpu) == "xla"
+    on_cpu = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    expected = "cpu_panels" if panel_matmul.available() else "xla"
+    assert decoding_kernels(model, on_cpu) == expected   # one CPU device, float32, forced on
