@@ -222,6 +222,7 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
             "ratio_skip": "zero_loss",  # zero_loss (TRL 0.5: loss × 0, Adam still steps) | freeze
             "value_model": "shared",   # shared (a head on the policy, as TRL) | separate (from the RM)
             "reference": "",           # "" = the initial policy; else a checkpoint of the same shape
+            "reference_param_dtype": "",  # the frozen reference's storage ("" = model.param_dtype)
             "save_every": 25,
         },
         # caps: LengthSampler(min, max) = uniform over min … max − 1, one draw per cap_chunk rows
@@ -232,6 +233,8 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
         #       | length_only (LPPO)
         "reward": {"kind": "model", "model": "", "function": "", "tokenizer": "",
                    "template": "question_answer",
+                   # the frozen reward model, sharded over the mesh: compute and storage dtypes
+                   "dtype": "float32", "param_dtype": "float32",
                    "append_eos": False,  # as the paper's scoring pipeline
                    "max_length": 512, "buckets": (128, 256, 384, 512)},
         "shaping": {
@@ -271,6 +274,8 @@ def paper_ppo_config(source: str, variant: str, *, target_length: float, prompt_
     config.data.options = options
     config.model.dtype = "bfloat16"
     config.model.remat = "full"
+    config.ppo.reference_param_dtype = "bfloat16"  # frozen roles: bfloat16 storage and compute
+    config.reward.dtype = config.reward.param_dtype = "bfloat16"
     config.mesh = mesh_spec(data=1, fsdp=-1, tensor=1)
     config.ppo.mini_batch_size = 2
     config.shaping.window_groups = 2

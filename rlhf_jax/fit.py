@@ -322,7 +322,7 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     from rlhf_jax.models.build import abstract_params, model_config
     from rlhf_jax.models.heads import lm_params
     from rlhf_jax.ppo import roles
-    from rlhf_jax.ppo.rewards import export_spec
+    from rlhf_jax.ppo.rewards import reward_model_spec
     from rlhf_jax.reward.scoring import sharded_forward
     from rlhf_jax.stage import stage_mesh
 
@@ -337,8 +337,9 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     fns = roles.role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh,
                                eos_id=2, pad_id=0)
     state = abstract(state_shape, fns.shardings)
-    reference = abstract(lm_params(state_shape.params["policy"]) if value_model is None
-                         else state_shape.params["policy"], fns.reference_shardings)
+    reference = roles.as_dtype(abstract(lm_params(state_shape.params["policy"]) if value_model is None
+                                        else state_shape.params["policy"], fns.reference_shardings),
+                               roles.reference_dtype(config))
     cfg, n = lm.config, len(devices)
     g, rows = config.generation, config.ppo.batch_size * _hosts(devices)
     prompt = -(-(config.data.max_prompt_length - 1) // g.prompt_bucket) * g.prompt_bucket
@@ -353,7 +354,7 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     phases_rm = []
     rm_bytes = 0
     if config.reward.kind == "model":
-        rm_model = ScalarModel(model_config(export_spec(config.reward.model)), readout="last")
+        rm_model = ScalarModel(model_config(reward_model_spec(config.reward)), readout="last")
         rm_params_shape = abstract_params(rm_model)
         rm_sh = sharding.param_shardings(rm_model, mesh)
         rm_params = abstract(rm_params_shape, rm_sh)

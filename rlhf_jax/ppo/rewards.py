@@ -46,10 +46,20 @@ def export_spec(init: str) -> ml_collections.ConfigDict:
                                       "param_dtype": "float32", "remat": "none"})
 
 
-class Rewards:
-    """``rewards(prompts, responses) -> (raw scores [b], reward-model scores [b] or None)``."""
+def reward_model_spec(reward_cfg) -> ml_collections.ConfigDict:
+    """The frozen reward model's spec: its export, in ``reward.dtype`` / ``reward.param_dtype``."""
+    spec = export_spec(reward_cfg.model)
+    spec.dtype, spec.param_dtype = reward_cfg.dtype, reward_cfg.param_dtype
+    return spec
 
-    def __init__(self, reward_cfg):
+
+class Rewards:
+    """``rewards(prompts, responses) -> (raw scores [b], reward-model scores [b] or None)``.
+
+    With a ``mesh`` the reward model's params are sharded over it by their logical axes and
+    scoring is one sharded jit (:func:`rlhf_jax.reward.scoring.sharded_forward`)."""
+
+    def __init__(self, reward_cfg, mesh=None):
         self.cfg = reward_cfg
         self.kind = reward_cfg.kind  # checked against REWARD_KINDS by trainer.validate
         if self.kind == "model" and not reward_cfg.model:
@@ -59,14 +69,14 @@ class Rewards:
                          else None)
         self.scorer = None
         if reward_cfg.model:
-            model, params = scalar_model(export_spec(reward_cfg.model), jax.random.key(0))
+            model, params = scalar_model(reward_model_spec(reward_cfg), jax.random.key(0))
+            params = jax.tree.map(lambda x: np.asarray(x, model.config.params_dtype), params)
             tokenizer = tokenizer_for(reward_cfg.tokenizer, reward_cfg.model)
             try:
-                self.scorer = RewardScorer(model, jax.device_put(params), tokenizer,
-                                           template=reward_cfg.template,
+                self.scorer = RewardScorer(model, params, tokenizer, template=reward_cfg.template,
                                            max_length=reward_cfg.max_length,
                                            buckets=reward_cfg.buckets,
-                                           append_eos=reward_cfg.append_eos)
+                                           append_eos=reward_cfg.append_eos, mesh=mesh)
             except ValueError as err:
                 raise ConfigError(f"reward model {reward_cfg.model}: {err}") from None
 

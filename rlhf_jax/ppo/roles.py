@@ -80,6 +80,22 @@ def load_reference(config, policy_params):
     return reference
 
 
+def reference_dtype(config) -> str:
+    """The frozen reference's storage dtype: ``ppo.reference_param_dtype``, else the policy's."""
+    return config.ppo.reference_param_dtype or config.model.param_dtype
+
+
+def as_dtype(tree, dtype):
+    """Floating leaves of ``tree`` (arrays or shapes) in ``dtype``."""
+    def cast(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype), sharding=x.sharding)
+        return x.astype(dtype)
+    return jax.tree.map(cast, tree)
+
+
 def initial_params(config, key):
     """``(lm, policy_model, value_model, params)`` with ``params = {"policy"[, "value"]}``."""
     lm, lm_p = causal_lm(config.model, key)
@@ -172,7 +188,7 @@ def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[R
     key = jax.random.key(c.seed)
     lm, policy_model, value_model, params = initial_params(c, key)
     check_vocab(tokenizer, lm.config, role="policy")
-    reference = load_reference(c, lm_params(params["policy"]))
+    reference = as_dtype(load_reference(c, lm_params(params["policy"])), reference_dtype(c))
     tx = ppo_optimizer(c)
     state = initial_state(c, params, tx, key)
     fns = role_functions(c, lm, policy_model, value_model, tx, state, mesh, eos_id=eos_id,

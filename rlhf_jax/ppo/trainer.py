@@ -93,7 +93,7 @@ class PPOTrainer:
             raise ConfigError("the policy tokenizer has no EOS token: PPO needs one to end responses")
         self.eos_id = int(eos)
         self.prompts = prompt_set(config, self.tokenizer)
-        self.rewards = Rewards(config.reward)
+        self.rewards = Rewards(config.reward, mesh=self.mesh)
 
     def build(self) -> PPOState:
         try:

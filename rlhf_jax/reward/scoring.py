@@ -10,6 +10,7 @@ reward models trained with an EOS after every response.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import jax
@@ -41,15 +42,23 @@ class RewardScorer:
 
     def __init__(self, model, params, tokenizer, *, template: str, max_length: int,
                  buckets: Sequence[int], append_eos: bool = False,
-                 batch_size: Optional[int] = None):
+                 batch_size: Optional[int] = None, mesh=None):
         pipeline.reward_model_ids(tokenizer, [], append_eos)  # no EOS to append: fail now
-        self.model, self.params, self.tokenizer = model, params, tokenizer
+        self.model, self.tokenizer = model, tokenizer
         self.template, self.append_eos, self.batch_size = template, append_eos, batch_size
         self.max_length = min(max_length, buckets[-1])
         self.buckets = tuple(buckets)
         self.pad_id = pipeline.pad_token_id(tokenizer)
-        self.forward = jax.jit(lambda p, ids, m: model.apply({"params": p}, ids,
-                                                             attention_mask=m).values)
+        self.row_multiple = 1
+        if mesh is None:
+            self.params = jax.device_put(params)
+            self.forward = jax.jit(lambda p, ids, m: model.apply({"params": p}, ids,
+                                                                 attention_mask=m).values)
+        else:  # params sharded by their logical axes, rows over the batch axes
+            from rlhf_jax import sharding
+            self.params = jax.device_put(params, sharding.param_shardings(model, mesh))
+            self.forward = sharded_forward(model, mesh)
+            self.row_multiple = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
 
     def token_ids(self, prompts: Sequence[str], responses: Sequence[str]) -> list:
         """The reward model's input ids of each pair: template, tokenise (+ EOS), truncate."""
@@ -62,6 +71,7 @@ class RewardScorer:
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         ids = self.token_ids(prompts, responses)
         size = self.batch_size or max(len(ids), 1)
+        size = -(-size // self.row_multiple) * self.row_multiple  # whole rows per batch shard
         scores = []
         for start in range(0, len(ids), size):
             chunk = ids[start:start + size]

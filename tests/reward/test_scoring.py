@@ -84,3 +84,16 @@ def test_append_eos_without_an_eos_token_is_an_error(rm):
     with pytest.raises(ValueError, match="has no EOS token, which append_eos needs"):
         RewardScorer(model, params, tok, template="question_answer", max_length=16,
                      buckets=(16,), append_eos=True)
+
+
+def test_ppo_reward_model_is_sharded_over_the_mesh_and_scores_the_same():
+    """PPO's frozen reward model on 8 devices (fsdp 4 × tensor 2): every leaf over 1k values is
+    sharded, bfloat16 storage when asked, and the scores equal the one-device scores."""
+    from tests.helpers import run_multidevice_script
+    out = run_multidevice_script("sharded_scorer.py")
+    for dtype, tol in (("float32", 1e-5), ("bfloat16", 2e-2)):
+        r = out[dtype]
+        assert r["n"] == 12 and r["devices"] == 8
+        assert r["dtypes"] == [dtype]
+        assert r["sharded_leaves"] > 0 and r["replicated_over_1k"] == 0, r
+        assert r["max_abs_diff"] <= tol * max(1.0, r["scale"]), r
