@@ -227,8 +227,11 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
         },
         # caps: LengthSampler(min, max) = uniform over min … max − 1, one draw per cap_chunk rows
         # (the paper: output_max_length 156 → LengthSampler(154, 156), TRL generates 4 at a time)
+        # rollout_tensor: the sampler's layout (rlhf_jax.ppo.roles.Rollout): 0 = tensor groups of
+        # the largest size dividing a host's devices and the kv heads, t = groups of t, −1 = FSDP
         "generation": {"min_new_tokens": 154, "max_new_tokens": 156, "cap_chunk": 4,
-                       "temperature": 1.0, "top_k": 0, "top_p": 1.0, "prompt_bucket": 64},
+                       "temperature": 1.0, "top_k": 0, "top_p": 1.0, "prompt_bucket": 64,
+                       "rollout_tensor": 0},
         # kind: model | function (reward.function = "module:name", f(prompts, responses) -> scores)
         #       | length_only (LPPO)
         "reward": {"kind": "model", "model": "", "function": "", "tokenizer": "",

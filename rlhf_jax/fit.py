@@ -165,11 +165,12 @@ class Phase:
 
 def compile_phase(name: str, fn: Callable, args: Sequence, *, mesh, flops: float, chip: Chip,
                   num_chips: int, read_bytes: float = 0.0, resident_bytes: int = 0,
-                  note: str = "") -> Phase:
-    """``fn`` (jitted) lowered on abstract ``args`` under ``mesh`` and compiled for its devices."""
+                  note: str = "", rules=sharding.DEFAULT_RULES) -> Phase:
+    """``fn`` (jitted) lowered on abstract ``args`` under ``mesh`` (and logical ``rules``) and
+    compiled for its devices."""
     roofline = max(flops / (num_chips * chip.bf16_flops),
                    read_bytes / chip.hbm_bytes_per_s if read_bytes else 0.0)
-    with sharding.use_mesh(mesh):
+    with sharding.use_mesh(mesh, rules):
         lowered = fn.lower(*args)
         try:
             compiled = lowered.compile()
@@ -349,7 +350,6 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     floats = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sh)  # noqa: E731
     replicated = sharding.replicated(mesh)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
 
     phases_rm = []
     rm_bytes = 0
@@ -365,9 +365,13 @@ def fit_ppo(config, devices, chip: Chip) -> list:
                                                                  lm_head=False),
                       f"{rows} × {width}, reward model {config.reward.model}", rm_bytes)]
     state_bytes, ref_bytes = shard_bytes(state), shard_bytes(reference)
-    policy_lm = abstract(lm_params(state_shape.params["policy"]),
-                         lm_params(fns.shardings.params["policy"]))
-    lm_bytes = shard_bytes(policy_lm)
+    rollout = fns.rollout
+    rollout_params = roles.as_dtype(abstract(lm_params(state_shape.params["policy"]),
+                                             rollout.param_shardings), rollout.dtype)
+    rollout_bytes = shard_bytes(rollout_params)
+    r_batch = sharding.batch_sharding(rollout.mesh)
+    r_ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=r_batch)  # noqa: E731
+    r_replicated = sharding.replicated(rollout.mesh)
     kv = 2 * cfg.num_layers * rows * (prompt + response) * cfg.num_kv_heads * cfg.head_dim
     kv_bytes = kv * jnp.dtype(cfg.compute_dtype).itemsize / n
     sampler = functools.partial(
@@ -375,10 +379,13 @@ def fit_ppo(config, devices, chip: Chip) -> list:
         greedy=g.temperature == 0, use_top_p=g.top_p < 1.0, eos_ids=(2,), pad_id=0,
         unroll_layers=True, kernels="xla", use_penalty=False)
     sampler = jax.jit(sampler)
-    sample_args = (policy_lm, ints(rows, prompt), ints(rows, prompt), key, scalar, scalar)
+    r_key = jax.ShapeDtypeStruct((), key.dtype, sharding=r_replicated)
+    r_scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=r_replicated)
+    sample_args = (rollout_params, r_ints(rows, prompt), r_ints(rows, prompt), r_key, r_scalar,
+                   r_scalar)
     sample_flops = (_forward_flops(cfg, rows, prompt, 0)
                     + decoder_forward_flops(cfg, rows * response, prompt + response))
-    rollout = (ints(rows, prompt), ints(rows, prompt), ints(rows, response), ints(rows, response))
+    rollout_rows = (ints(rows, prompt), ints(rows, prompt), ints(rows, response), ints(rows, response))
     forward_flops = _forward_flops(cfg, rows, prompt, response)
     update_batch = {"prompt_ids": ints(rows, prompt), "prompt_mask": ints(rows, prompt),
                     "response_ids": ints(rows, response), "mask": ints(rows, response),
@@ -390,11 +397,13 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     shapes = f"{rows} prompts × {prompt} + {response} new"
     plan = [
         ("sampler", lambda *a: sampler(*a[:3], a[3], a[4], a[5], penalty=jnp.float32(1.0)),
-         sample_args, sample_flops, f"{shapes}; KV cache {kv_bytes * n / GIB:.2f} GiB in all",
-         state_bytes - lm_bytes + ref_bytes + rm_bytes),
-        ("reference forward", fns.ref_forward, (reference, *rollout), forward_flops, shapes,
+         sample_args, sample_flops,
+         f"{shapes}; rollout mesh data={rollout.mesh.shape['data']} tensor="
+         f"{rollout.mesh.shape['tensor']}; KV cache {kv_bytes * n / GIB:.2f} GiB in all",
+         state_bytes + ref_bytes + rm_bytes),
+        ("reference forward", fns.ref_forward, (reference, *rollout_rows), forward_flops, shapes,
          state_bytes + rm_bytes),
-        ("policy + values forward", fns.policy_forward, (state.params, *rollout), forward_flops,
+        ("policy + values forward", fns.policy_forward, (state.params, *rollout_rows), forward_flops,
          shapes, state_bytes - shard_bytes(state.params) + ref_bytes + rm_bytes),
         *[(*phase[:5], state_bytes + ref_bytes) for phase in phases_rm],
         ("update", fns.update, (state, update_batch),
@@ -405,9 +414,12 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     out = []
     for name, fn, args, flops, note, resident in plan:
         jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-        read = response * (lm_bytes + kv_bytes) if name == "sampler" else 0.0
-        out.append(compile_phase(name, jitted, args, mesh=mesh, chip=chip, num_chips=n,
-                                 flops=flops, read_bytes=read, resident_bytes=resident, note=note))
+        on_rollout = name == "sampler"
+        read = response * (rollout_bytes + kv_bytes) if on_rollout else 0.0
+        out.append(compile_phase(name, jitted, args, mesh=rollout.mesh if on_rollout else mesh,
+                                 rules=rollout.rules if on_rollout else sharding.DEFAULT_RULES,
+                                 chip=chip, num_chips=n, flops=flops, read_bytes=read,
+                                 resident_bytes=resident, note=note))
     return out
 
 

@@ -54,6 +54,32 @@ DEFAULT_RULES = (
 )
 
 
+ROLLOUT_RULES = tuple(("embed", None) if name == "embed" else (name, axes)
+                      for name, axes in DEFAULT_RULES)
+"""The rollout layout's rules: weights sharded over ``tensor`` only (heads, kv heads, MLP
+hidden, vocab), never over ``embed``, so a decode step multiplies by local shards and
+all-reduces activations instead of all-gathering every weight for every token."""
+
+
+def rollout_mesh(mesh: Mesh, tensor: int) -> Mesh:
+    """The devices of ``mesh`` as ``(data, 1, tensor)``: tensor-parallel groups of ``tensor``
+    neighbouring devices (one host's, when ``tensor`` divides its count), data-parallel across."""
+    devices = np.asarray(mesh.devices).reshape(-1)  # the training mesh's order: tensor fastest
+    if tensor < 1 or len(devices) % tensor:
+        raise ValueError(f"rollout tensor size {tensor} does not divide the {len(devices)} devices")
+    return Mesh(devices.reshape(-1, 1, tensor), MESH_AXES,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def default_rollout_tensor(mesh: Mesh, num_kv_heads: int) -> int:
+    """The rollout's tensor size: the largest divisor of one host's device count that also
+    divides the kv heads (so every tensor shard holds whole kv heads and their query heads)."""
+    devices = np.asarray(mesh.devices).reshape(-1)
+    first = devices[0].process_index
+    local = sum(d.process_index == first for d in devices)
+    return max(t for t in range(1, local + 1) if local % t == 0 and num_kv_heads % t == 0)
+
+
 def resolve_mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
                        num_devices: Optional[int] = None) -> tuple:
     """Mesh sizes with at most one ``-1`` replaced by the devices left over."""

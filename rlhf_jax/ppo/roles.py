@@ -52,6 +52,7 @@ class Roles:
     ref_forward: Callable             # (ref params, prompt_ids, prompt_mask, tokens, mask) -> logprobs
     policy_forward: Callable          # (params, ...) -> (logprobs, values)
     cut: Callable                     # (tokens, mask, caps [b]) -> (tokens, mask, lengths, ended)
+    rollout: "Rollout"                # the sampler's mesh, rules and policy layout
 
     @staticmethod
     @jax.jit
@@ -155,6 +156,65 @@ class RoleFunctions:
     ref_forward: Callable
     policy_forward: Callable
     cut: Callable
+    rollout: "Rollout" = None
+
+
+@dataclasses.dataclass
+class Rollout:
+    """Where the sampler runs: the rollout mesh and rules, and the policy's copy laid out for it.
+
+    The training layout shards weights over ``embed`` (FSDP): a decode loop under it would
+    all-gather every weight for every token. The rollout layout (``generation.rollout_tensor``;
+    :data:`rlhf_jax.sharding.ROLLOUT_RULES`) shards them over ``tensor`` only, with tensor-
+    parallel groups inside a host and data parallelism across; the policy is copied into it
+    once per PPO step, in the compute dtype (the sampler multiplies in that dtype anyway).
+    """
+
+    mesh: Any
+    rules: tuple
+    param_shardings: dict
+    dtype: Any
+
+    def params(self, lm_params_training):
+        """The policy's LM params, cast to the compute dtype and resharded for the rollout."""
+        cast = _cast_floating(lm_params_training, self.dtype)
+        return jax.device_put(cast, self.param_shardings)
+
+    def batch(self, *arrays):
+        """Host or device rows placed over the rollout mesh's batch axes."""
+        return tuple(jax.device_put(a, sharding.batch_sharding(self.mesh)) for a in arrays)
+
+
+ROLLOUT_TRAINING_LAYOUT = -1
+
+
+def make_rollout(config, lm, mesh) -> Rollout:
+    """``generation.rollout_tensor``: 0 = :func:`~rlhf_jax.sharding.default_rollout_tensor`,
+    ``t > 0`` = tensor groups of ``t`` devices, −1 = decode in the training layout (FSDP)."""
+    tensor = config.generation.rollout_tensor
+    if tensor == ROLLOUT_TRAINING_LAYOUT:
+        r_mesh, rules = mesh, sharding.DEFAULT_RULES
+    else:
+        if tensor < 0:
+            raise ConfigError(f"config key 'generation.rollout_tensor' = {tensor}: expected 0 "
+                              f"(auto), a tensor size, or -1 (the training layout)")
+        tensor = tensor or sharding.default_rollout_tensor(mesh, lm.config.num_kv_heads)
+        try:
+            r_mesh = sharding.rollout_mesh(mesh, tensor)
+        except ValueError as err:
+            raise ConfigError(f"config key 'generation.rollout_tensor': {err}") from None
+        rules = sharding.ROLLOUT_RULES
+    return Rollout(mesh=r_mesh, rules=rules,
+                   param_shardings=sharding.param_shardings(lm, r_mesh, rules),
+                   dtype=lm.config.compute_dtype)
+
+
+def _cast_floating(tree, dtype):
+    if all(x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating)
+           for x in jax.tree.leaves(tree)):
+        return tree
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                        tree)
 
 
 def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh, *,
@@ -179,7 +239,8 @@ def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh,
             rollout.scalar_values(value_model, prm["value"], *a)))
     cut = jax.jit(functools.partial(rollout.cut_to_length, eos_ids=(eos_id,), pad_id=pad_id))
     return RoleFunctions(shardings=shardings, reference_shardings=ref_sh, update=update,
-                         ref_forward=ref_forward, policy_forward=policy_forward, cut=cut)
+                         ref_forward=ref_forward, policy_forward=policy_forward, cut=cut,
+                         rollout=make_rollout(config, lm, mesh))
 
 
 def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[Roles, PPOState]:
@@ -198,7 +259,7 @@ def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[R
         reference = jax.device_put(reference, fns.reference_shardings)
     roles = Roles(lm=lm, policy_model=policy_model, value_model=value_model, reference=reference,
                   tx=tx, shardings=fns.shardings, update=fns.update, ref_forward=fns.ref_forward,
-                  policy_forward=fns.policy_forward, cut=fns.cut)
+                  policy_forward=fns.policy_forward, cut=fns.cut, rollout=fns.rollout)
     return roles, state
 
 

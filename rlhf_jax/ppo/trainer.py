@@ -116,6 +116,22 @@ class PPOTrainer:
         return rollout.length_caps(self.config.ppo.batch_size, g.min_new_tokens,
                                    g.max_new_tokens, g.cap_chunk, [self.config.seed, step, 1])
 
+    def generate(self, policy_lm_params, prompt_ids, prompt_mask, key):
+        """Sample the responses in the rollout layout (:class:`~rlhf_jax.ppo.roles.Rollout`):
+        the policy copied into it, prompts and KV cache over its batch axes; the tokens come
+        back on the training mesh."""
+        c, rollout = self.config, self.roles.rollout
+        params = rollout.params(policy_lm_params)
+        ids, mask = rollout.batch(prompt_ids, prompt_mask)
+        with sharding.use_mesh(rollout.mesh, rollout.rules):
+            out = sample(self.roles.lm, params, ids, mask, key,
+                         max_new_tokens=c.generation.max_new_tokens - 1,
+                         temperature=c.generation.temperature, top_k=c.generation.top_k,
+                         top_p=c.generation.top_p, eos_id=self.eos_id, pad_id=self.pad_id)
+        rows = sharding.batch_sharding(self.mesh)
+        return out.replace(tokens=jax.device_put(out.tokens, rows), mask=jax.device_put(out.mask, rows),
+                           logprobs=jax.device_put(out.logprobs, rows))
+
     def run_step(self, state: PPOState):
         """One PPO iteration; returns ``(state, metrics, responses)`` with per-phase seconds."""
         c, roles, timings = self.config, self.roles, {}
@@ -124,10 +140,8 @@ class PPOTrainer:
         prompt_ids, prompt_mask = left_pad([r["ids"] for r in rows], self.pad_id,
                                            c.generation.prompt_bucket)
         t0 = time.perf_counter()
-        out = sample(roles.lm, lm_params(state.params["policy"]), prompt_ids, prompt_mask,
-                     jax.random.fold_in(state.key, 0), max_new_tokens=c.generation.max_new_tokens - 1,
-                     temperature=c.generation.temperature, top_k=c.generation.top_k,
-                     top_p=c.generation.top_p, eos_id=self.eos_id, pad_id=self.pad_id)
+        out = self.generate(lm_params(state.params["policy"]), prompt_ids, prompt_mask,
+                            jax.random.fold_in(state.key, 0))
         tokens, mask, lengths, ended = roles.cut(out.tokens, out.mask,
                                                  jnp.asarray(self.length_caps(step)))
         prompt_ids, prompt_mask = jnp.asarray(prompt_ids), jnp.asarray(prompt_mask)
