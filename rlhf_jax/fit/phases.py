@@ -1,0 +1,90 @@
+"""One compiled phase of a stage: lowered on abstract arguments, compiled for a topology, measured."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from rlhf_jax import sharding
+from rlhf_jax.fit.chips import GIB, Chip
+from rlhf_jax.fit.counting import shard_bytes
+
+@dataclasses.dataclass
+class Phase:
+    """One compiled function of a stage, compiled for the topology."""
+
+    name: str
+    peak_bytes: int            # XLA's peak for the phase's program, per chip
+    resident_bytes: int        # held across phases but not an argument of this one
+    alias_bytes: int           # donated input bytes reused for outputs
+    argument_bytes: int
+    flops: float               # hand-counted, per call
+    roofline_s: float
+    note: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.peak_bytes + self.resident_bytes
+
+
+def compile_phase(name: str, fn: Callable, args: Sequence, *, mesh, flops: float, chip: Chip,
+                  num_chips: int, read_bytes: float = 0.0, resident_bytes: int = 0,
+                  note: str = "", rules=sharding.DEFAULT_RULES) -> Phase:
+    """``fn`` (jitted) lowered on abstract ``args`` under ``mesh`` (and logical ``rules``) and
+    compiled for its devices."""
+    roofline = max(flops / (num_chips * chip.bf16_flops),
+                   read_bytes / chip.hbm_bytes_per_s if read_bytes else 0.0)
+    with sharding.use_mesh(mesh, rules):
+        lowered = fn.lower(*args)
+        try:
+            compiled = lowered.compile()
+        except Exception as err:  # XLA:TPU refuses programs over the chip's HBM
+            needed = out_of_memory_bytes(str(err))
+            if needed is None:
+                raise
+            arguments = shard_bytes(args)
+            return Phase(name=name, peak_bytes=needed + arguments, resident_bytes=int(resident_bytes),
+                         alias_bytes=0, argument_bytes=arguments, flops=flops, roofline_s=roofline,
+                         note=f"{note}; XLA refused it: out of HBM (temporaries {needed / GIB:.2f} GiB "
+                              f"+ arguments)".lstrip("; "))
+    memory = compiled.memory_analysis()
+    return Phase(name=name, peak_bytes=int(memory.peak_memory_in_bytes),
+                 resident_bytes=int(resident_bytes), alias_bytes=int(memory.alias_size_in_bytes),
+                 argument_bytes=int(memory.argument_size_in_bytes), flops=flops,
+                 roofline_s=roofline, note=note)
+
+
+_OOM = re.compile(r"Ran out of memory in memory space hbm|Ran out of memory on HBM|RESOURCE_EXHAUSTED")
+_REQUIRED = re.compile(r"required for [^(]*\(([\d.]+)([KMGT]?)\)")
+
+
+def out_of_memory_bytes(message: str) -> Optional[int]:
+    """The bytes XLA:TPU says a program needs when it refuses it for HBM (``None``: another error)."""
+    if not _OOM.search(message):
+        return None
+    found = _REQUIRED.search(message)
+    if not found:
+        return 0
+    scale = {"": 1, "K": 1024, "M": 1024 ** 2, "G": GIB, "T": 1024 ** 4}[found.group(2)]
+    return int(float(found.group(1)) * scale)
+
+
+def abstract(tree, shardings):
+    """``ShapeDtypeStruct`` leaves carrying ``shardings`` (a matching tree, or one sharding)."""
+    if not isinstance(shardings, (dict, list, tuple)) and not dataclasses.is_dataclass(shardings):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def _batch_struct(example_batch: dict, mesh) -> dict:
+    return abstract({k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
+                     for k, v in example_batch.items()}, sharding.batch_sharding(mesh))
+
+
+def _hosts(devices) -> int:
+    return len({d.process_index for d in devices})
