@@ -11,7 +11,13 @@ Command::
     rlhf-jax ppo --config configs/ppo/stack.py[:VARIANT] --workdir runs/ppo_stack \\
         --config.model.init=/path/to/llama-7b-sft
 
-Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs.
+Sized for (``rlhf-jax fit`` at fc40c01 on the WebGPT config, whose shapes this one shares;
+LLaMA-7B, full fine-tuning): a TPU v5p-8 (the sampler peaks at 37.15 GiB/chip of 93.75
+usable). It does not fit a v5e-8 (19.30 GiB/chip for the sampler, 17.98 for the update, of
+15.75): the paper's LoRA setup is pending (issue 14). Check a change first::
+
+    rlhf-jax fit --config configs/ppo/stack.py --topology v5p-8 \\
+        --config.model.init=preset:llama-7b --config.reward.model=preset:llama-7b
 """
 
 from rlhf_jax.defaults import PPO_VARIANTS, paper_ppo_config

@@ -12,8 +12,13 @@ Command::
         --config.model.init=/path/to/llama-7b-hf \\
         --config.data.path=simulated_preference_data_consolidated_helpful7b.csv
 
-Sized for: one TPU v4-8 / v5e-8 host or 8×80 GB GPUs (FSDP over 8 chips, float32
-master weights, bfloat16 compute, remat).
+Sized for (``rlhf-jax fit`` at fc40c01 on the WebGPT config, whose shapes this one shares;
+LLaMA-7B): one TPU v5e-8 host, the RM step peaking at 14.54 GiB/chip of 15.75 usable, or a
+v5p-8 (28.78 of 93.75); FSDP over all chips, float32 master weights, bfloat16 compute,
+remat. Check a change first::
+
+    rlhf-jax fit --config configs/rm/rlcd.py --topology v5e-8 \\
+        --config.model.init=preset:llama-7b
 """
 
 from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
