@@ -7,7 +7,6 @@ hand-counted FLOPs against the textbook 6·N·tokens.
 """
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
