@@ -213,14 +213,12 @@ def decoding_view(model, params, kernels: Optional[str] = None):
         embedding_ve = params["model"]["embed_tokens"]["embedding"]
         params = {**params, "lm_head": {"kernel": jnp.transpose(embedding_ve)}}
         changes["tie_word_embeddings"] = False
-    wanted = kernels if kernels is not None else decoding_kernels(model, params)
-    current = model.kernels
-    if wanted == CPU_PANELS and current != CPU_PANELS:
-        params = pack_projections(params, cfg.num_layers)
-    elif wanted != current and current == CPU_PANELS:
-        raise ValueError("these params are packed for the CPU kernels; decode them with "
-                         "kernels='cpu_panels' (or start from the training layout)")
-    kernels = wanted if wanted == CPU_PANELS else current
+    kernels = kernels if kernels is not None else decoding_kernels(model, params)
+    if kernels != model.kernels:
+        if model.kernels == CPU_PANELS:
+            raise ValueError("these params are packed for the CPU kernels; decode them with "
+                             "kernels='cpu_panels' (or start from the training layout)")
+        params = pack_projections(params, cfg.num_layers)  # XLA → CPU panels
     if not changes and kernels == model.kernels:
         return model, params
     return model.clone(config=cfg.replace(**changes), kernels=kernels), params

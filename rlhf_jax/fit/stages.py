@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import sharding
+from rlhf_jax.training import init_state
 from rlhf_jax.fit.chips import GIB, Chip
 from rlhf_jax.fit.counting import (_forward_flops, decoder_forward_flops, shard_bytes,
                                    train_flops)
@@ -32,7 +33,7 @@ def fit_reward_model(config, devices, chip: Chip) -> list:
     params = abstract_params(model)
     steps = supervised_steps(model, params, config.rm, loss_fn=reward_loss_for(config.rm),
                              total_steps=1000, mesh=mesh)
-    state = abstract(jax.eval_shape(lambda p: _init_state(p, steps.tx), params), steps.shardings)
+    state = abstract(jax.eval_shape(lambda p: init_state(p, steps.tx), params), steps.shardings)
     width, hosts = _width(config.data), _hosts(devices)
 
     def pair_batch(rows):
@@ -72,7 +73,7 @@ def fit_sft(config, devices, chip: Chip) -> list:
     params = abstract_params(model)
     steps = supervised_steps(model, params, config.sft, loss_fn=response_nll, total_steps=1000,
                              mesh=mesh)
-    state = abstract(jax.eval_shape(lambda p: _init_state(p, steps.tx), params), steps.shardings)
+    state = abstract(jax.eval_shape(lambda p: init_state(p, steps.tx), params), steps.shardings)
     width, hosts = _width(config.data), _hosts(devices)
 
     def sft_batch(rows):
@@ -180,7 +181,7 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     passes = 4 if cfg.remat != "none" else 3
     shapes = f"{rows} prompts × {prompt} + {response} new"
     plan = [
-        ("sampler", lambda *a: sampler(*a[:3], a[3], a[4], a[5], penalty=jnp.float32(1.0)),
+        ("sampler", lambda *a: sampler(*a, penalty=jnp.float32(1.0)),
          sample_args, sample_flops,
          f"{shapes}; rollout mesh data={rollout.mesh.shape['data']} tensor="
          f"{rollout.mesh.shape['tensor']}; KV cache {kv_bytes * n / GIB:.2f} GiB in all",
@@ -205,8 +206,3 @@ def fit_ppo(config, devices, chip: Chip) -> list:
                                  chip=chip, num_chips=n, flops=flops, read_bytes=read,
                                  resident_bytes=resident, note=note))
     return out
-
-
-def _init_state(params, tx):
-    from rlhf_jax.training import init_state
-    return init_state(params, tx)

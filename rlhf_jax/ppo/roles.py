@@ -89,7 +89,7 @@ def reference_dtype(config) -> str:
 def as_dtype(tree, dtype):
     """Floating leaves of ``tree`` (arrays or shapes) in ``dtype``."""
     def cast(x):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
+        if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == jnp.dtype(dtype):
             return x
         if isinstance(x, jax.ShapeDtypeStruct):
             return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype), sharding=x.sharding)
@@ -97,8 +97,19 @@ def as_dtype(tree, dtype):
     return jax.tree.map(cast, tree)
 
 
+def check_value_model(config) -> None:
+    """``ppo.value_model``: ``shared``, or ``separate`` (initialised from ``reward.model``)."""
+    if config.ppo.value_model not in VALUE_MODELS:
+        raise ConfigError(f"config key 'ppo.value_model' = {config.ppo.value_model!r}; expected "
+                          f"one of {VALUE_MODELS}")
+    if config.ppo.value_model == "separate" and not config.reward.model:
+        raise ConfigError("ppo.value_model='separate' initialises the value model from "
+                          "reward.model, which is empty")
+
+
 def initial_params(config, key):
     """``(lm, policy_model, value_model, params)`` with ``params = {"policy"[, "value"]}``."""
+    check_value_model(config)
     lm, lm_p = causal_lm(config.model, key)
     lm = CausalLM(lm.config)
     if config.ppo.value_model == "shared":
@@ -106,12 +117,6 @@ def initial_params(config, key):
         head = flax.linen.unbox(policy_model.init(jax.random.key(1), jnp.zeros((1, 2), jnp.int32)))
         return lm, policy_model, None, {"policy": {**lm_p,
                                                    "value_head": head["params"]["value_head"]}}
-    if config.ppo.value_model != "separate":
-        raise ConfigError(f"config key 'ppo.value_model' = {config.ppo.value_model!r}; expected "
-                          f"one of {VALUE_MODELS}")
-    if not config.reward.model:
-        raise ConfigError("ppo.value_model='separate' initialises the value model from "
-                          "reward.model, which is empty")
     value_model, value_p = scalar_model(export_spec(config.reward.model), key, readout="all")
     return lm, lm, ScalarModel(value_model.config, readout="all"), {"policy": lm_p,
                                                                      "value": value_p}
@@ -156,7 +161,7 @@ class RoleFunctions:
     ref_forward: Callable
     policy_forward: Callable
     cut: Callable
-    rollout: "Rollout" = None
+    rollout: "Rollout"
 
 
 @dataclasses.dataclass
@@ -177,8 +182,7 @@ class Rollout:
 
     def params(self, lm_params_training):
         """The policy's LM params, cast to the compute dtype and resharded for the rollout."""
-        cast = _cast_floating(lm_params_training, self.dtype)
-        return jax.device_put(cast, self.param_shardings)
+        return jax.device_put(as_dtype(lm_params_training, self.dtype), self.param_shardings)
 
     def batch(self, *arrays):
         """Host or device rows placed over the rollout mesh's batch axes."""
@@ -207,14 +211,6 @@ def make_rollout(config, lm, mesh) -> Rollout:
     return Rollout(mesh=r_mesh, rules=rules,
                    param_shardings=sharding.param_shardings(lm, r_mesh, rules),
                    dtype=lm.config.compute_dtype)
-
-
-def _cast_floating(tree, dtype):
-    if all(x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating)
-           for x in jax.tree.leaves(tree)):
-        return tree
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                        tree)
 
 
 def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh, *,
@@ -266,12 +262,10 @@ def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[R
 def role_models(config) -> tuple:
     """``(lm, policy_model, value_model)`` from the configs alone (no weights read)."""
     from rlhf_jax.models.build import model_config
+    check_value_model(config)
     cfg = model_config(config.model)
     lm = CausalLM(cfg)
     if config.ppo.value_model == "shared":
         return lm, PolicyWithValue(cfg), None
-    if config.ppo.value_model != "separate" or not config.reward.model:
-        raise ConfigError(f"config key 'ppo.value_model' = {config.ppo.value_model!r} needs "
-                          f"'shared', or 'separate' with a reward.model")
     value_cfg = model_config(export_spec(config.reward.model))
     return lm, lm, ScalarModel(value_cfg, readout="all")

@@ -117,9 +117,9 @@ class PPOTrainer:
                                    g.max_new_tokens, g.cap_chunk, [self.config.seed, step, 1])
 
     def generate(self, policy_lm_params, prompt_ids, prompt_mask, key):
-        """Sample the responses in the rollout layout (:class:`~rlhf_jax.ppo.roles.Rollout`):
-        the policy copied into it, prompts and KV cache over its batch axes; the tokens come
-        back on the training mesh."""
+        """``(tokens, mask)`` sampled in the rollout layout (:class:`~rlhf_jax.ppo.roles.Rollout`):
+        the policy copied into it, prompts and KV cache over its batch axes; both come back on
+        the training mesh (the sampler's log-probs are not used: the update recomputes them)."""
         c, rollout = self.config, self.roles.rollout
         params = rollout.params(policy_lm_params)
         ids, mask = rollout.batch(prompt_ids, prompt_mask)
@@ -129,8 +129,7 @@ class PPOTrainer:
                          temperature=c.generation.temperature, top_k=c.generation.top_k,
                          top_p=c.generation.top_p, eos_id=self.eos_id, pad_id=self.pad_id)
         rows = sharding.batch_sharding(self.mesh)
-        return out.replace(tokens=jax.device_put(out.tokens, rows), mask=jax.device_put(out.mask, rows),
-                           logprobs=jax.device_put(out.logprobs, rows))
+        return jax.device_put(out.tokens, rows), jax.device_put(out.mask, rows)
 
     def run_step(self, state: PPOState):
         """One PPO iteration; returns ``(state, metrics, responses)`` with per-phase seconds."""
@@ -140,9 +139,9 @@ class PPOTrainer:
         prompt_ids, prompt_mask = left_pad([r["ids"] for r in rows], self.pad_id,
                                            c.generation.prompt_bucket)
         t0 = time.perf_counter()
-        out = self.generate(lm_params(state.params["policy"]), prompt_ids, prompt_mask,
-                            jax.random.fold_in(state.key, 0))
-        tokens, mask, lengths, ended = roles.cut(out.tokens, out.mask,
+        sampled, sampled_mask = self.generate(lm_params(state.params["policy"]), prompt_ids,
+                                              prompt_mask, jax.random.fold_in(state.key, 0))
+        tokens, mask, lengths, ended = roles.cut(sampled, sampled_mask,
                                                  jnp.asarray(self.length_caps(step)))
         prompt_ids, prompt_mask = jnp.asarray(prompt_ids), jnp.asarray(prompt_mask)
         own_tokens, own_lengths = np.asarray(tokens), np.asarray(lengths)
