@@ -15,9 +15,27 @@ from rlhf_jax.reward.interventions import RM_INTERVENTIONS
 
 
 def model_spec(init: str = "preset:tiny-llama", **overrides) -> mlc.ConfigDict:
-    """``init``: ``preset:NAME`` | ``smollm2`` | HF directory | ``.gguf`` | a previous stage's export."""
+    """``init``: ``preset:NAME`` | ``smollm2`` | HF directory | ``.gguf`` | a previous stage's export.
+
+    ``lora_rank > 0`` trains LoRA adapters (:mod:`rlhf_jax.models.lora`) of that rank, scale
+    ``lora_alpha / lora_rank`` and input dropout ``lora_dropout`` on the projections named in
+    ``lora_targets`` (comma-separated: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+    down_proj), with the base frozen; 0 fine-tunes every weight.
+    """
     return mlc.ConfigDict({"init": init, "overrides": dict(overrides), "dtype": "float32",
-                           "param_dtype": "float32", "remat": "none"})
+                           "param_dtype": "float32", "remat": "none",
+                           "lora_rank": 0, "lora_alpha": 32.0, "lora_dropout": 0.0,
+                           "lora_targets": "q_proj,v_proj"})
+
+
+def with_lora(config: mlc.ConfigDict, rank: int, alpha: float, dropout: float,
+              targets: str = "q_proj,v_proj", base_dtype: str = "bfloat16") -> mlc.ConfigDict:
+    """LoRA on ``config.model``, the base frozen in ``base_dtype`` (the paper: PEFT on the
+    default Llama targets q_proj and v_proj; adapters stay float32)."""
+    m = config.model
+    m.lora_rank, m.lora_alpha, m.lora_dropout, m.lora_targets = rank, float(alpha), dropout, targets
+    m.param_dtype = base_dtype
+    return config
 
 
 def _source_keys(source: str) -> dict:

@@ -202,10 +202,15 @@ def decoding_view(model, params, kernels: Optional[str] = None):
     with XLA's matmul to float32 rounding. Called inside ``jit`` the copies are
     made once per call, outside any decode loop; the price is a second copy of
     the weights while sampling, and a compile time that grows with depth. A
-    model already in this layout is returned unchanged.
+    model already in this layout is returned unchanged. LoRA adapters are merged into their
+    projections first (:func:`rlhf_jax.models.lora.merged`): the decode loop multiplies once.
     """
     cfg = model.config
     changes = {}
+    if cfg.lora is not None:
+        from rlhf_jax.models.lora import merged
+        params = merged(cfg.lora, params)
+        changes["lora"] = None
     if cfg.scan_layers:
         params = unstack_layers(params, cfg.num_layers)
         changes["scan_layers"] = False

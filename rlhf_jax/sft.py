@@ -30,13 +30,15 @@ from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, op
                             stage_mesh, supervised_setup)
 
 
-def response_nll(params, batch, *, model):
+def response_nll(params, batch, *, model, rngs=None):
     """Mean next-token NLL over ``loss_mask`` positions (float32 log-softmax).
 
     ``weight`` (the token count) makes gradient accumulation a token mean over
-    the whole batch (:func:`rlhf_jax.training.accumulated_gradients`).
+    the whole batch (:func:`rlhf_jax.training.accumulated_gradients`). ``rngs``: dropout keys
+    (LoRA's adapter dropout).
     """
-    logits = model.apply({"params": params}, batch["ids"], attention_mask=batch["mask"]).logits
+    logits = model.apply({"params": params}, batch["ids"], attention_mask=batch["mask"],
+                         rngs=rngs).logits
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, batch["ids"][:, 1:, None], axis=-1)[..., 0]
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)

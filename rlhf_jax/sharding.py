@@ -51,6 +51,7 @@ DEFAULT_RULES = (
     ("layers", None),
     ("norm", None),
     ("position", None),
+    ("lora_rank", None),
 )
 
 

@@ -74,6 +74,11 @@ class SupervisedSetup(SupervisedSteps):
     state: training.TrainState = None
 
 
+def uses_dropout(model_config) -> bool:
+    """Whether a model's training forward draws dropout masks (LoRA's adapter dropout)."""
+    return model_config.lora is not None and model_config.lora.dropout > 0
+
+
 def supervised_steps(model, params_shape, section, *, loss_fn: Callable, total_steps: int,
                      mesh) -> SupervisedSteps:
     """The optimizer (``section``: ``lr``, ``lr_schedule``, …, ``accum_steps``), the train
@@ -85,7 +90,7 @@ def supervised_steps(model, params_shape, section, *, loss_fn: Callable, total_s
     batch_sh = sharding.batch_sharding(mesh)
     step = training.make_train_step(functools.partial(loss_fn, model=model), tx,
                                     accum_steps=section.accum_steps, shardings=shardings,
-                                    batch_sharding=batch_sh)
+                                    batch_sharding=batch_sh, dropout=uses_dropout(model.config))
     return SupervisedSteps(shardings=shardings, tx=tx, train_step=step, batch_sharding=batch_sh)
 
 

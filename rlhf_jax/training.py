@@ -5,6 +5,11 @@ A stage supplies ``loss_fn(params, batch) -> (loss, metrics)``;
 metrics)`` with explicit input/output shardings over the mesh. Gradient
 accumulation is a ``lax.scan`` over ``accum_steps`` micro-batches inside that
 step (the batch's leading axis is split), so one call = one optimizer update.
+
+With LoRA adapters in the params (:mod:`rlhf_jax.models.lora`) the optimizer sees only the
+trainable part (:func:`rlhf_jax.models.lora.split_trainable`: adapters and scalar heads): its
+state covers those leaves alone, gradients are taken with respect to them alone, and the frozen
+base passes through the step unchanged (donated, so aliased rather than copied).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import sharding
+from rlhf_jax.models import lora
 
 
 def masked_mean(x, mask, axis=None):
@@ -76,16 +82,37 @@ def optimizer_for(section, total_steps: int) -> optax.GradientTransformation:
                           weight_decay=section.weight_decay, max_grad_norm=section.max_grad_norm)
 
 
+def init_optimizer(tx: optax.GradientTransformation, params) -> optax.OptState:
+    """``tx``'s state over the trainable part of ``params`` (all of it without adapters)."""
+    return tx.init(lora.split_trainable(params)[0])
+
+
+def optimizer_shardings(tx, params, param_shardings, mesh):
+    """Shardings of :func:`init_optimizer`'s state: param-shaped leaves follow the params."""
+    trainable_sh = lora.split_trainable(param_shardings)[0] if lora.has_adapters(params) \
+        else param_shardings
+    opt_shape = jax.eval_shape(lambda p: init_optimizer(tx, p), params)
+    return sharding.optimizer_state_shardings(tx, opt_shape, trainable_sh, mesh)
+
+
+def apply_optimizer(tx, grads, opt_state, params):
+    """One optimizer update of the trainable ``params`` from their ``grads`` → ``(params,
+    opt_state)``; frozen leaves come back as they were."""
+    trainable, frozen = lora.split_trainable(params)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    return lora.join(optax.apply_updates(trainable, updates), frozen), opt_state
+
+
 def init_state(params, tx: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=init_optimizer(tx, params))
 
 
 def state_shardings(model, mesh, tx, params, rules=sharding.DEFAULT_RULES) -> TrainState:
     """``NamedSharding`` for every leaf of the :class:`TrainState` of ``params``."""
     param_sh = sharding.param_shardings(model, mesh, rules)
-    opt_shape = jax.eval_shape(tx.init, params)
     return TrainState(step=sharding.replicated(mesh), params=param_sh,
-                      opt_state=sharding.optimizer_state_shardings(tx, opt_shape, param_sh, mesh))
+                      opt_state=optimizer_shardings(tx, params, param_sh, mesh))
 
 
 def split_microbatches(batch, accum_steps: int):
@@ -114,7 +141,14 @@ def _accumulator(x):
     return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
 
-def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
+def trainable_loss(loss_fn: Callable, params) -> tuple:
+    """``(loss of the trainable part, trainable params)``: ``loss_fn`` as a function of the
+    leaves an optimizer updates, the frozen ones closed over (no gradients taken for them)."""
+    trainable, frozen = lora.split_trainable(params)
+    return (lambda tr, *args, **kw: loss_fn(lora.join(tr, frozen), *args, **kw)), trainable
+
+
+def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int, rng=None):
     """Loss, gradients and metrics over ``accum_steps`` micro-batches (a ``lax.scan``).
 
     ``loss_fn(params, batch) -> (loss, (scalars, per_example))`` where ``loss`` is
@@ -125,14 +159,24 @@ def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
     whatever the parameters' dtype (bfloat16 gradients are summed without bfloat16
     rounding), and the results come back in the dtypes one micro-batch gives.
     ``per_example`` arrays (leading axis = rows) come back for the whole batch, in order.
+    Gradients are of the trainable params only (:func:`trainable_loss`). With ``rng`` (a key),
+    ``loss_fn`` is called with ``rngs={"dropout": key}``, a fresh key per micro-batch.
     """
+    loss_fn, params = trainable_loss(loss_fn, params)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    keys = None if rng is None else jax.random.split(rng, accum_steps)
+
+    def grads_of(batch, key):
+        return grad_fn(params, batch) if key is None else grad_fn(params, batch,
+                                                                  rngs={"dropout": key})
+
     if accum_steps == 1:
-        (loss, (scalars, per_example)), grads = grad_fn(params, batch)
+        (loss, (scalars, per_example)), grads = grads_of(batch, None if keys is None else keys[0])
         return loss, grads, scalars, per_example
 
-    def body(carry, micro):
-        (loss, (scalars, per_example)), grads = grad_fn(params, micro)
+    def body(carry, xs):
+        micro, key = xs
+        (loss, (scalars, per_example)), grads = grads_of(micro, key)
         w = jnp.asarray(scalars.get("weight", 1.0), jnp.float32)
         weighted = jax.tree.map(lambda x: _accumulator(x) * w, (loss, grads, scalars))
         total, total_w = carry
@@ -140,10 +184,10 @@ def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
 
     micro = split_microbatches(batch, accum_steps)
     first = jax.tree.map(lambda x: x[0], micro)
-    shapes = jax.eval_shape(grad_fn, params, first)
+    shapes = jax.eval_shape(lambda b: grads_of(b, None if keys is None else keys[0]), first)
     (loss_s, (scalars_s, _)), grads_s = shapes
     zeros = jax.tree.map(lambda s: _accumulator(jnp.zeros(s.shape, s.dtype)), (loss_s, grads_s, scalars_s))
-    (total, total_w), per_example = jax.lax.scan(body, (zeros, jnp.float32(0.0)), micro)
+    (total, total_w), per_example = jax.lax.scan(body, (zeros, jnp.float32(0.0)), (micro, keys))
     mean = jax.tree.map(lambda x: x / jnp.maximum(total_w, 1e-12), total)
     loss, grads, scalars = jax.tree.map(lambda x, s: x.astype(s.dtype), mean, (loss_s, grads_s, scalars_s))
     if "weight" in scalars:
@@ -151,20 +195,28 @@ def accumulated_gradients(loss_fn: Callable, params, batch, accum_steps: int):
     return loss, grads, scalars, merge_microbatches(per_example)
 
 
+DROPOUT_SEED = 0
+"""Dropout keys are ``fold_in(key(DROPOUT_SEED), step)``: a function of the step alone, so a
+resumed run draws the masks an uninterrupted one would."""
+
+
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, accum_steps: int = 1,
-                    shardings: TrainState = None, batch_sharding=None, donate: bool = True):
+                    shardings: TrainState = None, batch_sharding=None, donate: bool = True,
+                    dropout: bool = False):
     """``(state, batch) -> (state, metrics)``: one optimizer update, jitted with explicit shardings.
 
-    ``loss_fn(params, batch) -> (loss, (scalars, per_example))`` (see
-    :func:`accumulated_gradients`). ``metrics`` = the scalars (``loss``,
+    ``loss_fn(params, batch[, rngs]) -> (loss, (scalars, per_example))`` (see
+    :func:`accumulated_gradients`; ``dropout=True`` passes it dropout rngs, e.g. for LoRA's
+    adapter dropout). ``metrics`` = the scalars (``loss``,
     ``grad_norm`` and the loss function's own) plus ``per_example`` rows (e.g.
     reward margins, for the cartography log).
     """
     def step(state: TrainState, batch):
+        rng = (jax.random.fold_in(jax.random.key(DROPOUT_SEED), state.step) if dropout
+               else None)
         loss, grads, scalars, per_example = accumulated_gradients(
-            loss_fn, state.params, batch, accum_steps)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+            loss_fn, state.params, batch, accum_steps, rng=rng)
+        params, opt_state = apply_optimizer(tx, grads, state.opt_state, state.params)
         metrics = {**scalars, "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "per_example": per_example}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -61,13 +61,24 @@ def _load_gguf(path: str) -> tuple:
     return cfg, params_from_tensors(cfg, family, TensorSource.from_arrays(tensors, path))
 
 
-def save_pretrained(model, params, path: str, tokenizer=None) -> None:
+ADAPTER_DIR = "adapter"
+"""Where an export with LoRA adapters also keeps them as a PEFT adapter directory."""
+
+
+def save_pretrained(model, params, path: str, tokenizer=None, base_model: str = "") -> None:
     """Export ``params`` of ``model`` to an HF directory (config.json + model.safetensors).
 
     Works for sharded params, across hosts too (gathered; process 0 writes). A ``tokenizer``
-    (transformers tokenizer) is saved beside the weights when given.
+    (transformers tokenizer) is saved beside the weights when given. With LoRA adapters the
+    weights are merged (``W + (α/r)·A·B``), and the adapters alone are written as well, to
+    ``path/adapter`` (``adapter_config.json`` + ``adapter_model.safetensors``, which
+    ``peft.PeftModel.from_pretrained(base, path/adapter)`` loads onto ``base_model``; Llama
+    family).
     """
     save_hf_directory(model.config, params, path)
+    if model.config.lora is not None and model.config.family == "llama":
+        from rlhf_jax.models.lora import save_peft_adapter
+        save_peft_adapter(model.config, params, os.path.join(path, ADAPTER_DIR), base_model)
     if tokenizer is not None and jax.process_index() == 0:
         tokenizer.save_pretrained(path)
 

@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 
 from rlhf_jax.models import (CausalLM, ScalarModel, config_from_hf, init_params, load_pretrained,
                              load_tokenizer)
+from rlhf_jax.models import lora
 from rlhf_jax.models.errors import CheckpointError
 from rlhf_jax.models.families import family_named
 from rlhf_jax.models.hf import (CONFIG_FILE, SAFETENSORS_FILE, _atomic_write, _to_host,
@@ -47,8 +48,37 @@ def resolve_init_path(init: str) -> str:
 
 
 def _with_options(cfg, spec):
+    try:
+        adapters = lora.lora_config_from_spec(spec)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     return cfg.replace(dtype=spec.get("dtype", "float32"), param_dtype=spec.get("param_dtype", "float32"),
-                       remat=spec.get("remat", "none"))
+                       remat=spec.get("remat", "none"), lora=adapters)
+
+
+def init_some_params(model, key, keep) -> dict:
+    """The freshly initialised params for which ``keep(path)`` holds (a path is a tuple of
+    names), and no others: jitted, so XLA never computes the dropped ones (a 7B trunk's random
+    init is not paid for a 4096-float head or a LoRA adapter)."""
+    import flax
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    def init(k):
+        full = nn.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32)))["params"]
+        flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(full))
+        return flax.traverse_util.unflatten_dict({p: v for p, v in flat.items() if keep(p)})
+    return jax.jit(init)(key)
+
+
+def with_fresh_adapters(model, params, key) -> dict:
+    """``params`` (a base checkpoint's) plus freshly initialised LoRA adapters when ``model``'s
+    config asks for them (``B = 0``: the model still computes what the checkpoint does)."""
+    if model.config.lora is None or lora.has_adapters(params):
+        return params
+    adapters = init_some_params(model, key, lambda path: lora.is_adapter(str(path[-1])))
+    lora.check_targets_exist(model.config.lora, adapters or {}, "model.lora_targets")
+    return lora.join(adapters, params)
 
 
 def causal_lm(spec, key) -> tuple:
@@ -62,7 +92,8 @@ def causal_lm(spec, key) -> tuple:
         raise CheckpointError(f"model.overrides apply to presets only; {init} is a checkpoint")
     model, params = load_pretrained(init, dtype=spec.get("dtype", "float32"),
                                     param_dtype=spec.get("param_dtype", "float32"))
-    return model.clone(config=_with_options(model.config, spec)), params
+    model = model.clone(config=_with_options(model.config, spec))
+    return model, with_fresh_adapters(model, params, jax.random.fold_in(key, 2))
 
 
 def model_config(spec):
@@ -100,11 +131,12 @@ def scalar_model(spec, key, readout: str = "last") -> tuple:
     init = resolve_init_path(spec.init)
     if not init.startswith("preset:") and is_scalar_export(init):
         model, params = load_scalar_model(init, readout)
-        return model.clone(config=_with_options(model.config, spec)), params
+        model = model.clone(config=_with_options(model.config, spec))
+        return model, with_fresh_adapters(model, params, jax.random.fold_in(key, 2))
     lm, lm_params = causal_lm(spec, key)
     model = ScalarModel(lm.config, readout=readout)
-    head = init_params(model, jax.random.fold_in(key, 1))["score"]
-    return model, {"model": lm_params["model"], "score": head}
+    head = init_some_params(model, jax.random.fold_in(key, 1), lambda path: path[0] == "score")
+    return model, {"model": lm_params["model"], "score": head["score"]}
 
 
 def tokenizer_for(spec_tokenizer: str, model_init: str):

@@ -12,6 +12,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from rlhf_jax.models.lora import LoraConfig
+
 NORMS = ("rms", "layer")
 MLPS = ("gated", "plain")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
@@ -32,7 +34,8 @@ class DecoderConfig:
     slicing: decoding). :func:`rlhf_jax.models.transformer.unstack_layers`
     converts between the two. How the modules multiply (XLA or the CPU
     decoding kernels) is not part of the config: it is the modules' ``kernels``
-    attribute (:data:`rlhf_jax.models.layers.KERNELS`).
+    attribute (:data:`rlhf_jax.models.layers.KERNELS`). ``lora``: low-rank adapters on the
+    projections it targets (:mod:`rlhf_jax.models.lora`), or ``None``.
     """
 
     family: str
@@ -62,6 +65,7 @@ class DecoderConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
+    lora: Optional[LoraConfig] = None
 
     def __post_init__(self):
         _check_choice("norm", self.norm, NORMS)

@@ -162,12 +162,16 @@ def _to_host(x) -> np.ndarray:
 
 
 def params_to_tensors(cfg: DecoderConfig, params) -> dict:
-    """HF-named float32 numpy tensors from a ``params`` pytree (sharded, even across hosts)."""
+    """HF-named float32 numpy tensors from a ``params`` pytree (sharded, even across hosts);
+    LoRA adapters are merged into their projections."""
     if not cfg.scan_layers:
         raise CheckpointError(
             "these params are in a decoding layout (scan_layers=False, maybe CPU panels, as "
             "rlhf_jax.generate.decoding_view makes them); export the model and params that "
             "load_pretrained or training returned")
+    if cfg.lora is not None:
+        from rlhf_jax.models.lora import merged
+        params = merged(cfg.lora, params)  # W + (α/r)·A·B: what the adapted model computes
     params = jax.tree.map(_to_host, params)
     out = {}
     for tmap in family_named(cfg.family).tensor_maps(cfg):

@@ -11,6 +11,7 @@ constrained with logical names too. Shapes follow the einsum-suffix habit:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.kernels import decode_attention
 from rlhf_jax.kernels.panel_matmul import PANEL, panel_matmuls
+from rlhf_jax.models import lora
 from rlhf_jax.models.config import DecoderConfig
 
 _INIT_STD = 0.02
@@ -45,40 +47,80 @@ def _param(module: nn.Module, name: str, axes: tuple, shape: tuple, init=None):
     return module.param(name, boxed, shape, module.config.params_dtype)
 
 
-def _weight(module: nn.Module, name: str, axes: tuple, shape: tuple, n_in: int = 1):
-    """The projection matrix ``name`` of logical shape ``shape`` (its first ``n_in`` axes are inputs).
+class Projection(NamedTuple):
+    """A projection matrix ``w`` (from :func:`_weight`), its output width ``n_out`` (the product
+    of its output axes) and its LoRA adapter ``(a, b)`` or ``None``."""
 
-    With ``module.kernels == "cpu_panels"`` it is stored as the 16-column panels of its
+    w: jax.Array
+    n_out: int
+    adapter: Optional[tuple] = None
+
+
+def _weight(module: nn.Module, name: str, axes: tuple, shape: tuple, n_in: int = 1) -> Projection:
+    """The projection ``name`` of logical shape ``shape`` (its first ``n_in`` axes are inputs).
+
+    With ``module.kernels == "cpu_panels"`` the matrix is stored as the 16-column panels of its
     ``[prod(in), prod(out)]`` reshape (:func:`rlhf_jax.kernels.panel_matmul.pack_panels`).
+    When the config's ``lora`` targets ``name``, the adapter ``name_lora_a [in…, r]`` (PEFT's
+    uniform init) and ``name_lora_b [r, out…]`` (zeros) are declared beside it, in float32, with
+    the projection's logical axes and a replicated rank axis (:mod:`rlhf_jax.models.lora`).
     Multiply with :func:`linear`.
     """
+    k, n = math.prod(shape[:n_in]), math.prod(shape[n_in:])
+    lora_cfg = module.config.lora
+    adapted = lora_cfg is not None and name in lora_cfg.targets
     if module.kernels == CPU_PANELS:
-        k, n = math.prod(shape[:n_in]), math.prod(shape[n_in:])
-        return _param(module, name, (None, None, None), (-(-n // PANEL), k, PANEL))
-    return _param(module, name, axes, shape)
+        if adapted:
+            raise ValueError("kernels='cpu_panels' takes merged weights: decode with "
+                             "rlhf_jax.models.lora.merged params and a config without lora")
+        return Projection(_param(module, name, (None, None, None), (-(-n // PANEL), k, PANEL)), n)
+    w = _param(module, name, axes, shape)
+    if not adapted:
+        return Projection(w, n)
+    r = lora_cfg.rank
+    a = module.param(name + lora.ADAPTER_A, nn.with_logical_partitioning(
+        lora.adapter_init(k), (*axes[:n_in], lora.RANK_AXIS)), (*shape[:n_in], r), jnp.float32)
+    b = module.param(name + lora.ADAPTER_B, nn.with_logical_partitioning(
+        nn.initializers.zeros, (lora.RANK_AXIS, *axes[n_in:])), (r, *shape[n_in:]), jnp.float32)
+    return Projection(w, n, (a, b))
 
 
-def linear(module: nn.Module, x, w, n_out: int):
+def linear(module: nn.Module, x, projection: Projection):
     """``x[..., k] · W`` with ``W`` from :func:`_weight`, as one 2-D ``[k, n_out]`` matmul.
 
     Multi-axis einsums (``[e, h, d]`` weights) make XLA:CPU transpose the weight
     on every call; the 2-D reshape is free and keeps it in place. Panels run
     :func:`rlhf_jax.kernels.panel_matmul.panel_matmul`.
     """
-    return linears(module, x, ((w, n_out),))[0]
+    return linears(module, x, (projection,))[0]
 
 
-def linears(module: nn.Module, x, weights):
-    """``[x · W for (W, n_out) in weights]``: several :func:`linear` of the same input.
+def linears(module: nn.Module, x, projections):
+    """``[x · W (+ LoRA) for each projection]``: several :func:`linear` of the same input.
 
     With panels they run as one kernel call (``x`` transposed once, all the
     panels split between the threads together: a decode step's q/k/v or
-    gate/up are each too small to keep the threads busy alone).
+    gate/up are each too small to keep the threads busy alone). An adapted
+    projection adds ``(α/r)·(dropout(x)·A)·B`` (:mod:`rlhf_jax.models.lora`).
     """
-    weights = [(w.astype(module.config.compute_dtype), n_out) for w, n_out in weights]
+    dt = module.config.compute_dtype
     if module.kernels == CPU_PANELS:
-        return panel_matmuls(x, weights)
-    return [jnp.dot(x, w.reshape(-1, n_out)) for w, n_out in weights]
+        return panel_matmuls(x, [(p.w.astype(dt), p.n_out) for p in projections])
+    outs = [jnp.dot(x, p.w.astype(dt).reshape(-1, p.n_out)) for p in projections]
+    if any(p.adapter is not None for p in projections):
+        lora_cfg = module.config.lora
+        x_in = x
+        if lora_cfg.dropout > 0 and module.has_rng("dropout"):
+            keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - lora_cfg.dropout, x.shape)
+            x_in = jnp.where(keep, x / (1.0 - lora_cfg.dropout), 0).astype(x.dtype)
+        for i, p in enumerate(projections):
+            if p.adapter is not None:
+                a, b = p.adapter
+                r = lora_cfg.rank
+                low = jnp.dot(x_in, a.astype(dt).reshape(-1, r))
+                outs[i] = outs[i] + (lora_cfg.scale * jnp.dot(low, b.astype(dt).reshape(r, -1))
+                                     ).astype(outs[i].dtype)
+    return outs
 
 
 def _constrain(x, axes):
@@ -193,7 +235,7 @@ class Attention(nn.Module):
         wk = _weight(self, "k_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wv = _weight(self, "v_proj", ("embed", "kv_heads", "head_dim"), (e, k, d))
         wo = _weight(self, "o_proj", ("heads", "head_dim", "embed"), (h, d, e), n_in=2)
-        q, key, val = linears(self, x_bte, ((wq, h * d), (wk, k * d), (wv, k * d)))
+        q, key, val = linears(self, x_bte, (wq, wk, wv))
         q, key, val = q.reshape(b, t, h, d), key.reshape(b, t, k, d), val.reshape(b, t, k, d)
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
@@ -212,7 +254,7 @@ class Attention(nn.Module):
             out, layer_kv = _cache_and_attend(q, key, val, layer_kv, key_mask_bs, cache_index,
                                               one_query_kernel)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
-        y = linear(self, out.reshape(b, t, h * d), wo, e)
+        y = linear(self, out.reshape(b, t, h * d), wo)
         if cfg.out_bias:
             y = y + _param(self, "o_bias", ("embed",), (e,), nn.initializers.zeros).astype(dt)
         return y, layer_kv
@@ -334,12 +376,12 @@ class MLP(nn.Module):
         w_up, b_up = _weight(self, "up_proj", ("embed", "mlp"), (e, f)), bias("up_bias")
         if cfg.mlp == "gated":
             w_gate, b_gate = _weight(self, "gate_proj", ("embed", "mlp"), (e, f)), bias("gate_bias")
-            up, gate = linears(self, x_bte, ((w_up, f), (w_gate, f)))  # one kernel call on CPU
+            up, gate = linears(self, x_bte, (w_up, w_gate))  # one kernel call on CPU
             hidden = act(gate + b_gate) * (up + b_up)
         else:
-            hidden = act(linear(self, x_bte, w_up, f) + b_up)
+            hidden = act(linear(self, x_bte, w_up) + b_up)
         hidden = _constrain(hidden, ("batch", "length", "act_mlp"))
-        y = linear(self, hidden, _weight(self, "down_proj", ("mlp", "embed"), (f, e)), e)
+        y = linear(self, hidden, _weight(self, "down_proj", ("mlp", "embed"), (f, e)))
         if cfg.mlp_bias:
             y = y + _param(self, "down_bias", ("embed",), (e,), zeros).astype(dt)
         return y

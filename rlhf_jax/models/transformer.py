@@ -114,7 +114,7 @@ class Decoder(nn.Module):
             block = nn.remat(Block, prevent_cse=not cfg.scan_layers, policy=_remat_policy(cfg.remat))
         if cfg.scan_layers:
             self.layers = nn.scan(
-                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.kernels)
         else:
@@ -215,7 +215,7 @@ class LMHead(nn.Module):
     def __call__(self, hidden_bte):
         cfg = self.config
         w = _weight(self, "kernel", ("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size))
-        return linear(self, hidden_bte, w, cfg.vocab_size)
+        return linear(self, hidden_bte, w)
 
 
 class CausalLM(nn.Module):

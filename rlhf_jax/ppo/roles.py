@@ -4,7 +4,9 @@
   (``ppo.value_model = "shared"``, TRL's ``AutoModelForCausalLMWithValueHead``), or
   with a separate value model initialised from the reward model (``"separate"``);
 - **reference**: frozen; the initial policy (a copy of its weights) or the
-  checkpoint ``ppo.reference`` (checked against the policy's shapes);
+  checkpoint ``ppo.reference`` (checked against the policy's shapes). With LoRA
+  (``model.lora_rank > 0``, the paper's setup) the reference is the policy's own frozen
+  base with the adapters off (:func:`rlhf_jax.models.lora.without_adapters`): no copy;
 - the optimizer (:func:`rlhf_jax.training.optimizer_for` of the ``ppo`` section).
 
 :func:`build_roles` returns the :class:`Roles` and the initial
@@ -21,13 +23,13 @@ import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 
 from rlhf_jax import sharding, training
 from rlhf_jax.config import ConfigError
-from rlhf_jax.models.build import causal_lm, scalar_model
+from rlhf_jax.models import lora
+from rlhf_jax.models.build import causal_lm, init_some_params, scalar_model
 from rlhf_jax.models.heads import PolicyWithValue, ScalarModel, lm_params
 from rlhf_jax.models.transformer import CausalLM
 from rlhf_jax.ppo import rollout, shaping
@@ -42,10 +44,10 @@ VALUE_MODELS = ("shared", "separate")
 class Roles:
     """The run's models and compiled functions (see the module docstring)."""
 
-    lm: CausalLM                      # the policy's language model (sampling, reference forward)
-    policy_model: Any                 # PolicyWithValue (shared) or the CausalLM (separate)
+    lm: CausalLM                      # the policy's LM without adapters (sampling, reference)
+    policy_model: Any                 # PolicyWithValue (shared) or a CausalLM (separate)
     value_model: Optional[ScalarModel]
-    reference: dict                   # frozen reference params, on the mesh
+    reference: Optional[dict]         # frozen reference params on the mesh; None: the base
     tx: Any
     shardings: PPOState
     update: Callable                  # (state, batch) -> (state, metrics)
@@ -53,6 +55,12 @@ class Roles:
     policy_forward: Callable          # (params, ...) -> (logprobs, values)
     cut: Callable                     # (tokens, mask, caps [b]) -> (tokens, mask, lengths, ended)
     rollout: "Rollout"                # the sampler's mesh, rules and policy layout
+
+    def reference_params(self, state) -> dict:
+        """The reference's params: its own copy, or (LoRA) the state's base with adapters off."""
+        if self.reference is not None:
+            return self.reference
+        return lora.without_adapters(lm_params(state.params["policy"]))
 
     @staticmethod
     @jax.jit
@@ -86,6 +94,20 @@ def reference_dtype(config) -> str:
     return config.ppo.reference_param_dtype or config.model.param_dtype
 
 
+def reference_is_base(config) -> bool:
+    """LoRA with no ``ppo.reference``: the reference is the policy's frozen base, adapters off
+    (TRL with PEFT: ``disable_adapter()``), stored once, in ``model.param_dtype``."""
+    if not config.model.get("lora_rank", 0) or config.ppo.reference:
+        return False
+    if reference_dtype(config) != config.model.param_dtype:
+        raise ConfigError(
+            f"with LoRA the reference is the policy's frozen base, stored in model.param_dtype "
+            f"({config.model.param_dtype}); ppo.reference_param_dtype = "
+            f"{config.ppo.reference_param_dtype!r} would need a second copy: set it to '' or "
+            f"to {config.model.param_dtype!r}")
+    return True
+
+
 def as_dtype(tree, dtype):
     """Floating leaves of ``tree`` (arrays or shapes) in ``dtype``."""
     def cast(x):
@@ -108,18 +130,19 @@ def check_value_model(config) -> None:
 
 
 def initial_params(config, key):
-    """``(lm, policy_model, value_model, params)`` with ``params = {"policy"[, "value"]}``."""
+    """``(lm, policy_model, value_model, params)`` with ``params = {"policy"[, "value"]}``;
+    ``lm`` is the policy's LM without adapters (sampling and the reference use it)."""
     check_value_model(config)
-    lm, lm_p = causal_lm(config.model, key)
-    lm = CausalLM(lm.config)
+    policy_lm, lm_p = causal_lm(config.model, key)
+    lm = CausalLM(policy_lm.config.replace(lora=None))
     if config.ppo.value_model == "shared":
-        policy_model = PolicyWithValue(lm.config)
-        head = flax.linen.unbox(policy_model.init(jax.random.key(1), jnp.zeros((1, 2), jnp.int32)))
-        return lm, policy_model, None, {"policy": {**lm_p,
-                                                   "value_head": head["params"]["value_head"]}}
+        policy_model = PolicyWithValue(policy_lm.config)
+        head = init_some_params(policy_model, jax.random.key(1),
+                                lambda path: path[0] == "value_head")
+        return lm, policy_model, None, {"policy": {**lm_p, "value_head": head["value_head"]}}
     value_model, value_p = scalar_model(export_spec(config.reward.model), key, readout="all")
-    return lm, lm, ScalarModel(value_model.config, readout="all"), {"policy": lm_p,
-                                                                     "value": value_p}
+    return (lm, CausalLM(policy_lm.config), ScalarModel(value_model.config, readout="all"),
+            {"policy": lm_p, "value": value_p})
 
 
 def state_shardings(state: PPOState, policy_model, value_model, tx, mesh) -> PPOState:
@@ -129,8 +152,7 @@ def state_shardings(state: PPOState, policy_model, value_model, tx, mesh) -> PPO
     if value_model is not None:
         param_sh["value"] = sharding.param_shardings(value_model, mesh)
     replicated = sharding.replicated(mesh)
-    opt_sh = sharding.optimizer_state_shardings(tx, jax.eval_shape(lambda: state.opt_state),
-                                                param_sh, mesh)
+    opt_sh = training.optimizer_shardings(tx, state.params, param_sh, mesh)
     return PPOState(step=replicated, params=param_sh, opt_state=opt_sh, kl_coef=replicated,
                     window=jax.tree.map(lambda _: replicated, state.window), key=replicated)
 
@@ -144,7 +166,8 @@ def ppo_optimizer(config):
 def initial_state(config, params, tx, key) -> PPOState:
     """The first :class:`PPOState` of ``params`` (arrays, or shapes under ``jax.eval_shape``)."""
     c = config
-    return PPOState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    return PPOState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=training.init_optimizer(tx, params),
                     kl_coef=jnp.float32(c.ppo.init_kl_coef),
                     window=shaping.RewardWindow.empty(c.shaping.window, c.shaping.window_groups),
                     key=jax.random.fold_in(key, 7))
@@ -156,7 +179,7 @@ class RoleFunctions:
     for a TPU topology): the state's and the reference's shardings and the jitted functions."""
 
     shardings: PPOState
-    reference_shardings: dict
+    reference_shardings: Optional[dict]   # None: the reference is the state's base (LoRA)
     update: Callable
     ref_forward: Callable
     policy_forward: Callable
@@ -172,16 +195,21 @@ class Rollout:
     all-gather every weight for every token. The rollout layout (``generation.rollout_tensor``;
     :data:`rlhf_jax.sharding.ROLLOUT_RULES`) shards them over ``tensor`` only, with tensor-
     parallel groups inside a host and data parallelism across; the policy is copied into it
-    once per PPO step, in the compute dtype (the sampler multiplies in that dtype anyway).
+    once per PPO step, in the compute dtype (the sampler multiplies in that dtype anyway), with
+    LoRA adapters merged into their projections (``adapters``: the policy's LoRA config).
     """
 
     mesh: Any
     rules: tuple
     param_shardings: dict
     dtype: Any
+    adapters: Any = None
 
     def params(self, lm_params_training):
-        """The policy's LM params, cast to the compute dtype and resharded for the rollout."""
+        """The policy's LM params, merged, cast to the compute dtype and resharded for the
+        rollout."""
+        if lora.has_adapters(lm_params_training):
+            lm_params_training = _merge_jitted(self.adapters, lm_params_training)
         return jax.device_put(as_dtype(lm_params_training, self.dtype), self.param_shardings)
 
     def batch(self, *arrays):
@@ -189,10 +217,15 @@ class Rollout:
         return tuple(jax.device_put(a, sharding.batch_sharding(self.mesh)) for a in arrays)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _merge_jitted(adapters, params):
+    return lora.merged(adapters, params)
+
+
 ROLLOUT_TRAINING_LAYOUT = -1
 
 
-def make_rollout(config, lm, mesh) -> Rollout:
+def make_rollout(config, lm, mesh, adapters=None) -> Rollout:
     """``generation.rollout_tensor``: 0 = :func:`~rlhf_jax.sharding.default_rollout_tensor`,
     ``t > 0`` = tensor groups of ``t`` devices, −1 = decode in the training layout (FSDP)."""
     tensor = config.generation.rollout_tensor
@@ -210,7 +243,7 @@ def make_rollout(config, lm, mesh) -> Rollout:
         rules = sharding.ROLLOUT_RULES
     return Rollout(mesh=r_mesh, rules=rules,
                    param_shardings=sharding.param_shardings(lm, r_mesh, rules),
-                   dtype=lm.config.compute_dtype)
+                   dtype=lm.config.compute_dtype, adapters=adapters)
 
 
 def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh, *,
@@ -218,7 +251,8 @@ def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh,
     """Shardings and compiled functions of the roles; ``state_shape``: the :class:`PPOState` or
     its shapes."""
     shardings = state_shardings(state_shape, policy_model, value_model, tx, mesh)
-    ref_sh = (shardings.params["policy"] if value_model is not None
+    ref_sh = (None if reference_is_base(config)
+              else shardings.params["policy"] if value_model is not None
               else lm_params(shardings.params["policy"]))
     batch_sh = sharding.batch_sharding(mesh)
     update = jax.jit(functools.partial(ppo_update, policy_model=policy_model,
@@ -231,12 +265,12 @@ def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh,
             policy_model, prm["policy"], *a, with_values=True)[:2])
     else:
         policy_forward = jax.jit(lambda prm, *a: (
-            rollout.policy_outputs(lm, prm["policy"], *a, with_values=False)[0],
+            rollout.policy_outputs(policy_model, prm["policy"], *a, with_values=False)[0],
             rollout.scalar_values(value_model, prm["value"], *a)))
     cut = jax.jit(functools.partial(rollout.cut_to_length, eos_ids=(eos_id,), pad_id=pad_id))
     return RoleFunctions(shardings=shardings, reference_shardings=ref_sh, update=update,
                          ref_forward=ref_forward, policy_forward=policy_forward, cut=cut,
-                         rollout=make_rollout(config, lm, mesh))
+                         rollout=make_rollout(config, lm, mesh, policy_model.config.lora))
 
 
 def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[Roles, PPOState]:
@@ -245,14 +279,16 @@ def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[R
     key = jax.random.key(c.seed)
     lm, policy_model, value_model, params = initial_params(c, key)
     check_vocab(tokenizer, lm.config, role="policy")
-    reference = as_dtype(load_reference(c, lm_params(params["policy"])), reference_dtype(c))
+    reference = (None if reference_is_base(c) else
+                 as_dtype(load_reference(c, lm_params(params["policy"])), reference_dtype(c)))
     tx = ppo_optimizer(c)
     state = initial_state(c, params, tx, key)
     fns = role_functions(c, lm, policy_model, value_model, tx, state, mesh, eos_id=eos_id,
                          pad_id=pad_id)
     with sharding.use_mesh(mesh):
         state = jax.device_put(state, fns.shardings)
-        reference = jax.device_put(reference, fns.reference_shardings)
+        if reference is not None:
+            reference = jax.device_put(reference, fns.reference_shardings)
     roles = Roles(lm=lm, policy_model=policy_model, value_model=value_model, reference=reference,
                   tx=tx, shardings=fns.shardings, update=fns.update, ref_forward=fns.ref_forward,
                   policy_forward=fns.policy_forward, cut=fns.cut, rollout=fns.rollout)
@@ -264,8 +300,8 @@ def role_models(config) -> tuple:
     from rlhf_jax.models.build import model_config
     check_value_model(config)
     cfg = model_config(config.model)
-    lm = CausalLM(cfg)
+    lm = CausalLM(cfg.replace(lora=None))
     if config.ppo.value_model == "shared":
         return lm, PolicyWithValue(cfg), None
     value_cfg = model_config(export_spec(config.reward.model))
-    return lm, lm, ScalarModel(value_cfg, readout="all")
+    return lm, CausalLM(cfg), ScalarModel(value_cfg, readout="all")

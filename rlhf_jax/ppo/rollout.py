@@ -38,14 +38,15 @@ def concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask):
 
 
 def policy_outputs(model, params, prompt_ids, prompt_mask, response_ids, response_mask, *,
-                   with_values: bool, with_entropy: bool = False):
+                   with_values: bool, with_entropy: bool = False, rngs=None):
     """``(logprobs [b, T], values [b, T] or None, entropy [b, T] or None)`` of the response tokens.
 
     ``model`` is a :class:`~rlhf_jax.models.heads.PolicyWithValue` (``with_values``)
     or a :class:`CausalLM`; the LM head runs on the response positions only.
     """
     ids, mask = concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask)
-    out = model.apply({"params": params}, ids, attention_mask=mask, last_token_only=True)
+    out = model.apply({"params": params}, ids, attention_mask=mask, last_token_only=True,
+                      rngs=rngs)
     positions = response_positions(prompt_ids.shape[1], response_ids.shape[1])
     hidden = out.hidden_states[:, positions]
     logits = model.apply({"params": params}, hidden, method=CausalLM.logits)

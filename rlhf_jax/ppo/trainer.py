@@ -38,6 +38,7 @@ from rlhf_jax.data import pipeline
 from rlhf_jax.generate import left_pad, sample
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.heads import lm_params
+from rlhf_jax.models.transformer import CausalLM
 from rlhf_jax.ppo import rollout, shaping
 from rlhf_jax.ppo.prompts import prompt_set
 from rlhf_jax.ppo.rewards import REWARD_KINDS, Rewards
@@ -161,7 +162,8 @@ class PPOTrainer:
         timings["time/score"] = time.perf_counter() - t0
         args = (prompt_ids, prompt_mask, tokens, mask)
         t0 = time.perf_counter()
-        ref_logprobs = jax.block_until_ready(roles.ref_forward(roles.reference, *args))
+        ref_logprobs = jax.block_until_ready(roles.ref_forward(roles.reference_params(state),
+                                                               *args))
         timings["time/ref_logprobs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         logprobs, values = jax.block_until_ready(roles.policy_forward(state.params, *args))
@@ -228,8 +230,8 @@ def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None) -> dict
     ckpt.close()
     if end < total:
         return {"stopped_at": end, "history": history}
-    save_pretrained(trainer.roles.lm, lm_params(state.params["policy"]), wd.export,
-                    tokenizer=trainer.tokenizer)
+    save_pretrained(CausalLM(trainer.roles.policy_model.config), lm_params(state.params["policy"]),
+                    wd.export, tokenizer=trainer.tokenizer, base_model=config.model.init)
     logged = wd.read_metrics("train")
     first, last = logged[:max(1, len(logged) // 10)], logged[-max(1, len(logged) // 10):]
     summary = {k: {"first": float(np.mean([r[k] for r in first])),

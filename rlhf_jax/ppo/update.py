@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax import training
+from rlhf_jax.models import lora
 from rlhf_jax.ppo import algo, rollout, shaping
 
 
@@ -45,13 +47,14 @@ so Adam's momentum moves the parameters; ``freeze``: parameters and optimizer st
 stay as they were (as if the minibatch had not been drawn)."""
 
 
-def ppo_loss(params, mb, *, policy_model, value_model, cfg):
-    """``pg + vf_coef·vf − entropy_coef·H`` on one minibatch, with diagnostics."""
+def ppo_loss(params, mb, *, policy_model, value_model, cfg, rngs=None):
+    """``pg + vf_coef·vf − entropy_coef·H`` on one minibatch, with diagnostics (``rngs``: the
+    policy's dropout keys, LoRA's adapter dropout)."""
     p = cfg.ppo
     shared = value_model is None
     logprobs, values, entropy = rollout.policy_outputs(
         policy_model, params["policy"], mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
-        mb["mask"], with_values=shared, with_entropy=True)
+        mb["mask"], with_values=shared, with_entropy=True, rngs=rngs)
     if not shared:
         values = rollout.scalar_values(value_model, params["value"], mb["prompt_ids"],
                                        mb["prompt_mask"], mb["response_ids"], mb["mask"])
@@ -67,10 +70,13 @@ def ppo_loss(params, mb, *, policy_model, value_model, cfg):
                   "val/clipfrac": vf_clip_frac, "policy/ratio": ratio}
 
 
-def minibatch_step(carry, mb, *, grad_fn, tx, ratio_threshold: float, ratio_skip: str):
-    """One optimizer update on minibatch ``mb`` (a ``lax.scan`` body)."""
+def minibatch_step(carry, mb, *, grad_fn, tx, ratio_threshold: float, ratio_skip: str,
+                   key=None):
+    """One optimizer update of the trainable ``params`` on minibatch ``mb`` (a ``lax.scan``
+    body); ``key``: this minibatch's dropout key, or ``None``."""
     params, opt_state = carry
-    (_, stats), grads = grad_fn(params, mb)
+    (_, stats), grads = (grad_fn(params, mb) if key is None
+                         else grad_fn(params, mb, rngs={"dropout": key}))
     skip = stats["policy/ratio"] > ratio_threshold
     grad_norm = optax.tree.norm(grads)
     if ratio_skip == "zero_loss":  # TRL: loss × 0, then optimizer.step() all the same
@@ -112,11 +118,17 @@ def ppo_update(state: PPOState, batch: dict, *, policy_model, value_model, tx, c
     perms = jnp.stack([jax.random.permutation(k, b) for k in jax.random.split(perm_key, p.ppo_epochs)])
     order = perms.reshape(p.ppo_epochs * n_mb, p.mini_batch_size)
     loss_fn = functools.partial(ppo_loss, policy_model=policy_model, value_model=value_model, cfg=cfg)
+    # LoRA: gradients of the adapters and heads only, the frozen base closed over
+    loss_fn, trainable = training.trainable_loss(loss_fn, state.params)
     body = functools.partial(minibatch_step, grad_fn=jax.value_and_grad(loss_fn, has_aux=True),
                              tx=tx, ratio_threshold=p.ratio_threshold, ratio_skip=p.ratio_skip)
-    (params, opt_state), stats = jax.lax.scan(
-        lambda carry, idx: body(carry, {k: v[idx] for k, v in data.items()}),
-        (state.params, state.opt_state), order)
+    lora_cfg = policy_model.config.lora
+    dropout = lora_cfg is not None and lora_cfg.dropout > 0
+    keys = jax.random.split(jax.random.fold_in(key, 3), order.shape[0]) if dropout else None
+    (trainable, opt_state), stats = jax.lax.scan(
+        lambda carry, xs: body(carry, {k: v[xs[0]] for k, v in data.items()}, key=xs[1]),
+        (trainable, state.opt_state), (order, keys))
+    params = lora.join(trainable, lora.split_trainable(state.params)[1])
     stats = jax.tree.map(jnp.mean, stats)
     sample_kl = jnp.sum(kl, axis=1)
     mean_kl = algo.masked_mean(sample_kl, weight)

@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 CARTOGRAPHY_LOG = "cartography.jsonl"
 
 
-def reward_loss(params, batch, *, model, margin: float, center_coef: float):
-    """Bradley–Terry loss of one batch: chosen and rejected rows in one forward."""
-    rewards_c, rewards_r = score_pairs(model, params, batch)
+def reward_loss(params, batch, *, model, margin: float, center_coef: float, rngs=None):
+    """Bradley–Terry loss of one batch: chosen and rejected rows in one forward (``rngs``:
+    dropout keys, for LoRA's adapter dropout)."""
+    rewards_c, rewards_r = score_pairs(model, params, batch, rngs=rngs)
     loss, diff = bradley_terry_loss(rewards_c, rewards_r, batch["weight"], margin=margin,
                                     center_coef=center_coef)
     w = batch["weight"]
@@ -68,11 +69,11 @@ def score_step_for(model, steps):
                    in_shardings=(steps.shardings.params, steps.batch_sharding))
 
 
-def score_pairs(model, params, batch):
+def score_pairs(model, params, batch, rngs=None):
     """``(r_chosen [b], r_rejected [b])`` from one forward over the ``2b`` stacked rows."""
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
-    rewards = model.apply({"params": params}, ids, attention_mask=mask).values
+    rewards = model.apply({"params": params}, ids, attention_mask=mask, rngs=rngs).values
     n = batch["chosen_ids"].shape[0]
     return rewards[:n].astype(jnp.float32), rewards[n:].astype(jnp.float32)
 
