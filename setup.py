@@ -29,6 +29,7 @@ TEST = [
     "torch==2.13.0",
     "accelerate>=1.0",  # transformers needs it to load a GGUF file (the PyTorch reference)
     "playwright>=1.50",  # drives a system Chromium to render the HTML report (no browser download)
+    "peft>=0.13",  # the reference that loads our LoRA adapter exports (pulls no CUDA: torch is pinned)
     "alpaca-eval>=0.6.6",  # the reference for the length-controlled win rate (pulls no torch)
     "jax[tpu]>=0.10.2",  # libtpu matching jax: `rlhf-jax fit` compiles for TPU topologies on CPU
 ]

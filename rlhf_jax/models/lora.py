@@ -28,7 +28,6 @@ reference is computed (adapters off, no second copy of the weights). What trains
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Optional
@@ -198,12 +197,12 @@ def _product(a, b, w_shape):
 
 
 def check_targets_exist(lora: Optional[LoraConfig], params, source: str) -> None:
-    """Every LoRA target must be a projection of this model (GPT-2's fused ``c_attn`` is split
-    into ``q/k/v_proj`` by our import, so the names are the same for every family)."""
+    """Every LoRA target must have got its adapter in ``params``: a projection this model has
+    (every family's attention is ``q/k/v/o_proj``; a plain MLP has no ``gate_proj``)."""
     if lora is None:
         return
     names = {str(p[-1]) for p in flax.traverse_util.flatten_dict(_plain(params))}
-    missing = [t for t in lora.targets if t not in names]
+    missing = [t for t in lora.targets if t + ADAPTER_A not in names]
     if missing:
         raise ValueError(f"{source}: LoRA targets {missing} are not projections of this model")
 
@@ -262,7 +261,3 @@ def save_peft_adapter(cfg, params, path: str, base_model: str) -> None:
     _atomic_write(os.path.join(path, PEFT_CONFIG_FILE),
                   lambda tmp: _write_json(tmp, peft_config(cfg.lora, base_model)))
 
-
-def read_peft_config(path: str) -> dict:
-    with open(os.path.join(path, PEFT_CONFIG_FILE)) as f:
-        return json.load(f)
