@@ -195,13 +195,13 @@ def paper_reward_model_config(source: str, intervention: str) -> mlc.ConfigDict:
     clipping at 1.0 (HF Trainer's default), 8 pairs per update (2 per device × 2
     accumulation × 2 GPUs), 4 epochs (2 with BAL), eval every 500 updates, no EOS
     on the inputs, pairs over 512 tokens dropped. C-TR: confidence from a 5-epoch
-    cartography run, cut at :data:`PAPER_CTR_CUTS`. The scripts trained LoRA
-    adapters (r 8, α 32, dropout 0.1) in bf16; LoRA is pending here (the scaling
-    issue), so this fine-tunes fully: float32 master parameters, bfloat16 compute,
-    remat, FSDP over all chips (docs/paper-fidelity.md).
+    cartography run, cut at :data:`PAPER_CTR_CUTS`. LoRA as the scripts trained it
+    (PEFT ``SEQ_CLS``: r 8, α 32, dropout 0.1 on q_proj and v_proj, the score head in full)
+    on a bfloat16 base; bfloat16 compute, remat, FSDP over all chips. Full fine-tuning:
+    ``--config.model.lora_rank=0 --config.model.param_dtype=float32``.
     """
     config = reward_model_config(source, init="checkpoints/llama-7b-sft")
-    config.model.param_dtype = "float32"
+    with_lora(config, rank=8, alpha=32, dropout=0.1)
     config.model.dtype = "bfloat16"
     config.model.remat = "full"
     config.data.max_length = 512
@@ -284,11 +284,14 @@ def paper_ppo_config(source: str, variant: str, *, target_length: float, prompt_
     step); the reward window per process (``window_groups = 2``); top_k 0, top_p 1,
     temperature 1; caps from ``LengthSampler(154, 156)``, one draw per 4 rows.
     LPPO generates with ``output_max_length = N + 24`` (the WebGPT run: 180 for
-    N = 156); omit-long with 200 (its one run, on Stack). Full fine-tuning in
-    bfloat16 compute with remat and FSDP stands in for the scripts' 8-bit base
-    with LoRA (r 16, α 32, dropout 0.05): see docs/paper-fidelity.md.
+    N = 156); omit-long with 200 (its one run, on Stack). LoRA as the scripts ran it (r 16,
+    α 32, dropout 0.05 on q_proj and v_proj; the value head in full; the reference is the base
+    with adapters off), on a bfloat16 base where the scripts loaded it in 8 bits; bfloat16
+    compute, remat, FSDP. Full fine-tuning: ``--config.model.lora_rank=0
+    --config.model.param_dtype=float32`` (docs/paper-fidelity.md).
     """
     config = ppo_config(source, init="checkpoints/llama-7b-sft")
+    with_lora(config, rank=16, alpha=32, dropout=0.05)
     config.reward.model = reward_model
     config.data.prompt_split = prompt_split
     config.data.prompt_template = prompt_template

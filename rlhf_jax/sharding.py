@@ -155,8 +155,23 @@ def param_shardings(model, mesh: Mesh, rules=DEFAULT_RULES, *example_inputs):
 
 
 def shard_params(params, shardings):
-    """Place ``params`` (host or device arrays) according to ``shardings``."""
-    return jax.device_put(params, shardings)
+    """Place ``params`` (host or device arrays, or any state) according to ``shardings``.
+
+    On several processes every process holds the same host value and contributes the shards its
+    devices hold (``jax.make_array_from_callback``); PRNG key leaves go as their key data.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(params, shardings)
+
+    def place(x, target):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, target)  # already global: a reshard
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = place(jax.random.key_data(x), target)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+    return jax.tree.map(place, params, shardings)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -180,6 +195,35 @@ def shard_batch(batch, mesh: Mesh):
         return jax.device_put(batch, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def process_rows(num_rows: int) -> slice:
+    """This process's contiguous share of ``num_rows`` global rows (all of them on one process):
+    rows ``[p·n/P, (p+1)·n/P)``, the ones :func:`shard_batch` places on its devices."""
+    count, index = jax.process_count(), jax.process_index()
+    if num_rows % count:
+        raise ValueError(f"a global batch of {num_rows} rows does not split over {count} processes")
+    share = num_rows // count
+    return slice(index * share, (index + 1) * share)
+
+
+def local_rows(x) -> np.ndarray:
+    """The rows of a batch-sharded global array that this process's devices hold, in order, as
+    numpy (the whole array on one process): the inverse of :func:`shard_batch`."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    shards = {}
+    for shard in x.addressable_shards:  # replicas over the tensor axis hold the same rows
+        shards.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
+    return np.concatenate([shards[start] for start in sorted(shards)])
+
+
+def all_processes(x: np.ndarray) -> np.ndarray:
+    """``x`` of every process concatenated along axis 0, in process order (a collective)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
 
 
 def to_host(tree):

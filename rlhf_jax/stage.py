@@ -102,7 +102,7 @@ def supervised_setup(model, params, tokenizer, section, *, loss_fn: Callable, to
                              mesh=mesh)
     with sharding.use_mesh(mesh):
         state = jax.jit(lambda p: training.init_state(p, steps.tx), out_shardings=steps.shardings)(
-            jax.device_put(params, steps.shardings.params))
+            sharding.shard_params(params, steps.shardings.params))
     return SupervisedSetup(**vars(steps), state=state)
 
 

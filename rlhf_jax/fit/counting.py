@@ -43,10 +43,16 @@ def decoder_forward_flops(cfg, tokens: int, context: int, *, lm_head: bool = Tru
     return float(tokens) * (2 * matmul_params(cfg, lm_head=lm_head) + attention)
 
 
+def training_passes(cfg) -> int:
+    """Forwards' worth of FLOPs in a training step: forward + backward (activation gradients,
+    one forward's worth; weight gradients, one more, skipped for LoRA's frozen base: its
+    adapters' own are negligible), plus one forward more when the layers are rematerialised."""
+    return 1 + 1 + (0 if cfg.lora is not None else 1) + (1 if cfg.remat != "none" else 0)
+
+
 def train_flops(cfg, tokens: int, context: int, *, lm_head: bool = True) -> float:
-    """Forward + backward (3 forwards), plus one more forward when the layers are rematerialised."""
-    passes = 4 if cfg.remat != "none" else 3
-    return passes * decoder_forward_flops(cfg, tokens, context, lm_head=lm_head)
+    """:func:`training_passes` forwards over ``tokens``."""
+    return training_passes(cfg) * decoder_forward_flops(cfg, tokens, context, lm_head=lm_head)
 
 
 def _forward_flops(cfg, rows: int, prompt: int, response: int) -> float:

@@ -12,7 +12,8 @@ from rlhf_jax import sharding
 from rlhf_jax.training import init_state
 from rlhf_jax.fit.chips import GIB, Chip
 from rlhf_jax.fit.counting import (_forward_flops, decoder_forward_flops, shard_bytes,
-                                   train_flops)
+                                   train_flops, training_passes)
+from rlhf_jax.models.lora import without_adapters
 from rlhf_jax.fit.phases import _batch_struct, _hosts, abstract, compile_phase
 
 def _width(data) -> int:
@@ -123,9 +124,12 @@ def fit_ppo(config, devices, chip: Chip) -> list:
     fns = roles.role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh,
                                eos_id=2, pad_id=0)
     state = abstract(state_shape, fns.shardings)
-    reference = roles.as_dtype(abstract(lm_params(state_shape.params["policy"]) if value_model is None
-                                        else state_shape.params["policy"], fns.reference_shardings),
-                               roles.reference_dtype(config))
+    if fns.reference_shardings is None:  # LoRA: the reference is the state's base, adapters off
+        reference = without_adapters(lm_params(state.params["policy"]))
+    else:
+        reference = roles.as_dtype(abstract(lm_params(state_shape.params["policy"]) if value_model is None
+                                            else state_shape.params["policy"], fns.reference_shardings),
+                                   roles.reference_dtype(config))
     cfg, n = lm.config, len(devices)
     g, rows = config.generation, config.ppo.batch_size * _hosts(devices)
     prompt = -(-(config.data.max_prompt_length - 1) // g.prompt_bucket) * g.prompt_bucket
@@ -149,9 +153,10 @@ def fit_ppo(config, devices, chip: Chip) -> list:
                       ints(rows, width)), decoder_forward_flops(rm_model.config, rows * width, width,
                                                                  lm_head=False),
                       f"{rows} × {width}, reward model {config.reward.model}", rm_bytes)]
-    state_bytes, ref_bytes = shard_bytes(state), shard_bytes(reference)
-    rollout = fns.rollout
-    rollout_params = roles.as_dtype(abstract(lm_params(state_shape.params["policy"]),
+    state_bytes = shard_bytes(state)
+    ref_bytes = 0 if fns.reference_shardings is None else shard_bytes(reference)
+    rollout = fns.rollout  # adapters merged: the base's shapes
+    rollout_params = roles.as_dtype(abstract(without_adapters(lm_params(state_shape.params["policy"])),
                                              rollout.param_shardings), rollout.dtype)
     rollout_bytes = shard_bytes(rollout_params)
     r_batch = sharding.batch_sharding(rollout.mesh)
@@ -178,7 +183,7 @@ def fit_ppo(config, devices, chip: Chip) -> list:
                     "values": floats(rows, response), "raw_scores": floats(rows),
                     "lengths": ints(rows), "ended": jax.ShapeDtypeStruct((rows,), jnp.bool_,
                                                                         sharding=batch_sh)}
-    passes = 4 if cfg.remat != "none" else 3
+    passes = training_passes(policy_model.config)
     shapes = f"{rows} prompts × {prompt} + {response} new"
     plan = [
         ("sampler", lambda *a: sampler(*a, penalty=jnp.float32(1.0)),
@@ -187,7 +192,7 @@ def fit_ppo(config, devices, chip: Chip) -> list:
          f"{rollout.mesh.shape['tensor']}; KV cache {kv_bytes * n / GIB:.2f} GiB in all",
          state_bytes + ref_bytes + rm_bytes),
         ("reference forward", fns.ref_forward, (reference, *rollout_rows), forward_flops, shapes,
-         state_bytes + rm_bytes),
+         state_bytes + rm_bytes - (shard_bytes(reference) if not ref_bytes else 0)),
         ("policy + values forward", fns.policy_forward, (state.params, *rollout_rows), forward_flops,
          shapes, state_bytes - shard_bytes(state.params) + ref_bytes + rm_bytes),
         *[(*phase[:5], state_bytes + ref_bytes) for phase in phases_rm],

@@ -213,8 +213,8 @@ class Rollout:
         return jax.device_put(as_dtype(lm_params_training, self.dtype), self.param_shardings)
 
     def batch(self, *arrays):
-        """Host or device rows placed over the rollout mesh's batch axes."""
-        return tuple(jax.device_put(a, sharding.batch_sharding(self.mesh)) for a in arrays)
+        """This process's host rows placed as global arrays over the rollout mesh's batch axes."""
+        return tuple(sharding.shard_batch(a, self.mesh) for a in arrays)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -286,9 +286,9 @@ def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[R
     fns = role_functions(c, lm, policy_model, value_model, tx, state, mesh, eos_id=eos_id,
                          pad_id=pad_id)
     with sharding.use_mesh(mesh):
-        state = jax.device_put(state, fns.shardings)
+        state = sharding.shard_params(state, fns.shardings)
         if reference is not None:
-            reference = jax.device_put(reference, fns.reference_shardings)
+            reference = sharding.shard_params(reference, fns.reference_shardings)
     roles = Roles(lm=lm, policy_model=policy_model, value_model=value_model, reference=reference,
                   tx=tx, shardings=fns.shardings, update=fns.update, ref_forward=fns.ref_forward,
                   policy_forward=fns.policy_forward, cut=fns.cut, rollout=fns.rollout)

@@ -27,7 +27,6 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -122,7 +121,7 @@ class PPOTrainer:
         the policy copied into it, prompts and KV cache over its batch axes; both come back on
         the training mesh (the sampler's log-probs are not used: the update recomputes them)."""
         c, rollout = self.config, self.roles.rollout
-        params = rollout.params(policy_lm_params)
+        params = rollout.params(policy_lm_params)  # prompt rows: this process's
         ids, mask = rollout.batch(prompt_ids, prompt_mask)
         with sharding.use_mesh(rollout.mesh, rollout.rules):
             out = sample(self.roles.lm, params, ids, mask, key,
@@ -136,20 +135,24 @@ class PPOTrainer:
         """One PPO iteration; returns ``(state, metrics, responses)`` with per-phase seconds."""
         c, roles, timings = self.config, self.roles, {}
         step = int(state.step)
-        rows = [self.prompts[i] for i in self.step_prompts(step)]
-        prompt_ids, prompt_mask = left_pad([r["ids"] for r in rows], self.pad_id,
-                                           c.generation.prompt_bucket)
+        # every process pads the step's whole prompt batch (one width for all), then keeps its
+        # own rows: prompts, their rollouts and their scoring are split over the processes
+        batch_rows = [self.prompts[i] for i in self.step_prompts(step)]
+        all_ids, all_mask = left_pad([r["ids"] for r in batch_rows], self.pad_id,
+                                     c.generation.prompt_bucket)
+        mine = sharding.process_rows(len(batch_rows))
+        rows, prompt_ids, prompt_mask = batch_rows[mine], all_ids[mine], all_mask[mine]
         t0 = time.perf_counter()
         sampled, sampled_mask = self.generate(lm_params(state.params["policy"]), prompt_ids,
                                               prompt_mask, jax.random.fold_in(state.key, 0))
-        tokens, mask, lengths, ended = roles.cut(sampled, sampled_mask,
-                                                 jnp.asarray(self.length_caps(step)))
-        prompt_ids, prompt_mask = jnp.asarray(prompt_ids), jnp.asarray(prompt_mask)
-        own_tokens, own_lengths = np.asarray(tokens), np.asarray(lengths)
+        tokens, mask, lengths, ended = roles.cut(
+            sampled, sampled_mask, sharding.shard_batch(self.length_caps(step)[mine], self.mesh))
+        prompt_ids, prompt_mask = sharding.shard_batch((prompt_ids, prompt_mask), self.mesh)
+        own_tokens, own_lengths = sharding.local_rows(tokens), sharding.local_rows(lengths)
         omitted = np.zeros(len(rows), bool)
         if c.shaping.omit_long == "replace":
             index = shaping.omit_long_replacement(ended, jax.random.fold_in(state.key, 2))
-            omitted = np.asarray(index) != np.arange(len(rows))
+            omitted = sharding.local_rows(index) != np.arange(len(batch_rows))[mine]
             prompt_ids, prompt_mask, tokens, mask, lengths, ended = roles.take_rows(
                 index, prompt_ids, prompt_mask, tokens, mask, lengths, ended)
         jax.block_until_ready(tokens)
@@ -170,21 +173,22 @@ class PPOTrainer:
         timings["time/values"] = time.perf_counter() - t0
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": tokens,
                  "mask": mask, "logprobs": logprobs, "ref_logprobs": ref_logprobs,
-                 "values": values, "raw_scores": jnp.asarray(raw), "lengths": lengths,
-                 "ended": ended}
+                 "values": values, "raw_scores": sharding.shard_batch(raw, self.mesh),
+                 "lengths": lengths, "ended": ended}
         t0 = time.perf_counter()
         with sharding.use_mesh(self.mesh):
-            state, metrics = roles.update(state, sharding.shard_batch(batch, self.mesh))
+            state, metrics = roles.update(
+                state, jax.device_put(batch, sharding.batch_sharding(self.mesh)))
         metrics = sharding.to_host(metrics)
         timings["time/update"] = time.perf_counter() - t0
         total = sum(timings.values())
         metrics = {k: float(v) for k, v in metrics.items()}
         if rm_scores is not None:
-            metrics["env/rm_score"] = float(np.mean(rm_scores))
+            metrics["env/rm_score"] = float(np.mean(sharding.all_processes(rm_scores)))
         if c.shaping.omit_long == "replace":
-            metrics["env/omitted_fraction"] = float(np.mean(omitted))
-        metrics.update(timings, **{"time/total": total,
-                                   "time/tokens_per_s": float(np.sum(own_lengths)) / total})
+            metrics["env/omitted_fraction"] = float(np.mean(sharding.all_processes(omitted)))
+        tokens_sampled = float(np.sum(sharding.all_processes(own_lengths)))
+        metrics.update(timings, **{"time/total": total, "time/tokens_per_s": tokens_sampled / total})
         check_finite(metrics)
         return state, metrics, responses
 

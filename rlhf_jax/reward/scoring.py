@@ -50,15 +50,17 @@ class RewardScorer:
         self.buckets = tuple(buckets)
         self.pad_id = pipeline.pad_token_id(tokenizer)
         self.row_multiple = 1
+        self.mesh = mesh
         if mesh is None:
             self.params = jax.device_put(params)
             self.forward = jax.jit(lambda p, ids, m: model.apply({"params": p}, ids,
                                                                  attention_mask=m).values)
         else:  # params sharded by their logical axes, rows over the batch axes
             from rlhf_jax import sharding
-            self.params = jax.device_put(params, sharding.param_shardings(model, mesh))
+            self.params = sharding.shard_params(params, sharding.param_shardings(model, mesh))
             self.forward = sharded_forward(model, mesh)
-            self.row_multiple = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+            shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+            self.row_multiple = max(shards // jax.process_count(), 1)  # this process's shards
 
     def token_ids(self, prompts: Sequence[str], responses: Sequence[str]) -> list:
         """The reward model's input ids of each pair: template, tokenise (+ EOS), truncate."""
@@ -79,5 +81,17 @@ class RewardScorer:
             width = pipeline.bucket_width(max(len(x) for x in filled), self.buckets)
             arr = pipeline.pad_rows(filled, width, self.pad_id)
             mask = pipeline.pad_rows([np.ones(len(x), np.int32) for x in filled], width, 0)
-            scores.append(np.asarray(self.forward(self.params, arr, mask), np.float32)[:len(chunk)])
+            scores.append(np.asarray(self._forward(arr, mask), np.float32)[:len(chunk)])
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def _forward(self, ids, mask) -> np.ndarray:
+        """Scores of this process's rows. With several processes (a mesh over all of them) each
+        passes its own rows, padded to the width all agree on, and keeps its own scores."""
+        if self.mesh is None or jax.process_count() == 1:
+            return np.asarray(self.forward(self.params, ids, mask))
+        from rlhf_jax import sharding
+        width = int(np.max(sharding.all_processes(np.asarray([ids.shape[1]]))))
+        ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=self.pad_id)
+        mask = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
+        ids, mask = sharding.shard_batch((ids, mask), self.mesh)
+        return sharding.local_rows(self.forward(self.params, ids, mask))
