@@ -2,61 +2,128 @@
 
 Usage (needs libtpu: ``pip install -e ".[tpu]"``; runs on a CPU machine, no TPU)::
 
-    python docs/measure_fit.py --models llama-7b --stages rm,ppo --slices v5e-8,v5p-8
+    python docs/measure_fit.py --models llama-7b,llama-2-13b,llama-2-70b \\
+        --stages rm,rm-lora,ppo,ppo-lora --slices v5e-8,v5e-16,v4-8,v4-16,v5p-8,v5p-16,v5p-32 \\
+        --results docs/fit_results.jsonl
 
-For each model and stage it runs ``rlhf-jax fit``'s :func:`rlhf_jax.fit.fit` on the paper's
-config (``configs/rm/webgpt.py``, ``configs/ppo/webgpt.py``) with the model (and, for PPO, the
-reward model) replaced by the preset of that size, and prints one Markdown row per slice: the
-largest phase's peak GiB per chip, which phase that is, and whether the stage fits; then the
-smallest slice (fewest chips) that fits.
+For each model, stage and slice it runs ``rlhf-jax fit``'s :func:`rlhf_jax.fit.fit` on the
+paper's config (``configs/rm/webgpt.py``, ``configs/ppo/webgpt.py``) with the model (and, for
+PPO, the reward model) replaced by the preset of that size. ``rm-lora`` and ``ppo-lora`` are the
+configs as shipped (the paper's LoRA: r 8 / r 16 on q_proj and v_proj, a bfloat16 base);
+``rm`` and ``ppo`` fine-tune fully (``model.lora_rank=0``, float32 master weights). Each result
+is appended to ``--results`` (one JSON line, with the commit) as soon as it is measured, and
+rows already there for this commit are not measured again, so an interrupted run resumes.
+It then prints the Markdown table of every result in the file for this commit: the largest
+phase's peak GiB per chip, which phase that is, whether the stage fits, and per model and
+stage the smallest measured slice that fits (fewest chips). ``--order`` measures the given
+``model:stage:slice`` jobs first.
 """
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-STAGE_CONFIGS = {"rm": "configs/rm/webgpt.py", "ppo": "configs/ppo/webgpt.py"}
+STAGES = {
+    "rm": ("configs/rm/webgpt.py", ["--config.model.lora_rank=0",
+                                    "--config.model.param_dtype=float32"]),
+    "rm-lora": ("configs/rm/webgpt.py", []),
+    "ppo": ("configs/ppo/webgpt.py", ["--config.model.lora_rank=0",
+                                      "--config.model.param_dtype=float32"]),
+    "ppo-lora": ("configs/ppo/webgpt.py", []),
+}
 
 
 def overrides(stage: str, model: str) -> list:
-    out = [f"--config.model.init=preset:{model}"]
-    if stage == "ppo":
+    out = [f"--config.model.init=preset:{model}", *STAGES[stage][1]]
+    if stage.startswith("ppo"):
         out.append(f"--config.reward.model=preset:{model}")
     return out
 
 
-def main(argv=None) -> int:
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def read_results(path: str, at: str) -> list:
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    return [r for r in rows if r["commit"] == at]
+
+
+def measure(model: str, stage: str, slice_name: str, at: str) -> dict:
     from rlhf_jax.config import load_config
     from rlhf_jax.fit import fit
     from rlhf_jax.fit.chips import GIB
+    config = load_config(STAGES[stage][0], overrides(stage, model))
+    start = time.perf_counter()
+    (report,) = fit(config, slice_name)
+    worst = max(report.phases, key=lambda p: p.total_bytes)
+    return {"commit": at, "model": model, "stage": stage, "slice": slice_name,
+            "chips": report.num_chips, "peak_gib": worst.total_bytes / GIB, "phase": worst.name,
+            "usable_gib": report.chip.usable_gib, "fits": bool(report.fits),
+            "compile_s": time.perf_counter() - start,
+            "phases": {p.name: p.total_bytes / GIB for p in report.phases}}
 
+
+def table(rows: list, models: list, stages: list, slices: list) -> str:
+    lines = ["| model | stage | slice | chips | peak GiB/chip (phase) | usable GiB/chip | fits | "
+             "compile s |", "|---|---|---|---|---|---|---|---|"]
+    index = {(r["model"], r["stage"], r["slice"]): r for r in rows}
+    for model in models:
+        for stage in stages:
+            measured = [index[(model, stage, s)] for s in slices if (model, stage, s) in index]
+            for r in measured:
+                lines.append(f"| {model} | {stage} | {r['slice']} | {r['chips']} | "
+                             f"{r['peak_gib']:.2f} ({r['phase']}) | {r['usable_gib']:.2f} | "
+                             f"{'yes' if r['fits'] else 'no'} | {r['compile_s']:.0f} |")
+            if not measured:
+                continue
+            fitting = sorted((r["chips"], r["slice"]) for r in measured if r["fits"])
+            smallest = fitting[0][1] if fitting else "none measured"
+            missing = [s for s in slices if (model, stage, s) not in index]
+            note = f" (not measured: {', '.join(missing)})" if missing else ""
+            lines.append(f"| {model} | {stage} | smallest that fits: {smallest}{note} | | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="llama-7b")
-    parser.add_argument("--stages", default="rm,ppo")
+    parser.add_argument("--stages", default="rm,rm-lora,ppo,ppo-lora")
     parser.add_argument("--slices", default="v5e-8,v4-8,v5p-8")
+    parser.add_argument("--results", default="docs/fit_results.jsonl")
+    parser.add_argument("--order", default="", help="model:stage:slice jobs to measure first")
+    parser.add_argument("--table-only", action="store_true", help="print the table, measure nothing")
     args = parser.parse_args(argv)
-    print("| model | stage | slice | chips | peak GiB/chip (phase) | usable GiB/chip | fits | compile s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for model in args.models.split(","):
-        for stage in args.stages.split(","):
-            fitting = []
-            for slice_name in args.slices.split(","):
-                config = load_config(STAGE_CONFIGS[stage], overrides(stage, model))
-                start = time.perf_counter()
-                (report,) = fit(config, slice_name)
-                seconds = time.perf_counter() - start
-                worst = max(report.phases, key=lambda p: p.total_bytes)
-                if report.fits:
-                    fitting.append((report.num_chips, slice_name))
-                print(f"| {model} | {stage} | {slice_name} | {report.num_chips} | "
-                      f"{worst.total_bytes / GIB:.2f} ({worst.name}) | {report.chip.usable_gib:.2f} | "
-                      f"{'yes' if report.fits else 'no'} | {seconds:.0f} |", flush=True)
-            smallest = min(fitting)[1] if fitting else "none of these"
-            print(f"| {model} | {stage} | smallest that fits: {smallest} | | | | | |", flush=True)
+    models, stages, slices = (args.models.split(","), args.stages.split(","),
+                              args.slices.split(","))
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown stages {unknown}; expected some of {sorted(STAGES)}")
+    at = commit()
+    done = {(r["model"], r["stage"], r["slice"]) for r in read_results(args.results, at)}
+    jobs = [tuple(j.split(":")) for j in args.order.split(",") if j]
+    jobs += [(m, st, sl) for m in models for st in stages for sl in slices]
+    for job in dict.fromkeys(jobs):
+        if args.table_only or job in done:
+            continue
+        row = measure(*job, at)
+        with open(args.results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.add(job)
+        print(f"measured {job}: {row['peak_gib']:.2f} GiB/chip ({row['phase']}), "
+              f"{'fits' if row['fits'] else 'does not fit'}, {row['compile_s']:.0f} s",
+              file=sys.stderr, flush=True)
+    print(f"At commit {at}:\n")
+    print(table(read_results(args.results, at), models, stages, slices))
     return 0
 
 

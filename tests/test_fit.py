@@ -133,3 +133,24 @@ def test_decoding_kernels_follow_the_params_devices():
     on_cpu = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     expected = "cpu_panels" if panel_matmul.available() else "xla"
     assert decoding_kernels(model, on_cpu) == expected   # one CPU device, float32, forced on
+
+
+def tiny_ppo_config(lora_rank: int):
+    config = load_config("configs/synthetic/ppo.py:standard", [
+        "--config.model.init=preset:tiny-llama", "--config.reward.kind=length_only",
+        "--config.reward.model=", f"--config.model.lora_rank={lora_rank}"])
+    return config
+
+
+def test_ppo_with_lora_keeps_no_reference_copy_and_donates_the_state():
+    """LoRA's reference is the state's base (nothing extra resident), its optimizer state
+    covers the adapters alone (a smaller state than full fine-tuning), and the update's state
+    is donated (aliased)."""
+    (full,) = fit.fit(tiny_ppo_config(0), "v5e-8")
+    (lora,) = fit.fit(tiny_ppo_config(4), "v5e-8")
+    phases = {r: {p.name: p for p in report.phases} for r, report in (("full", full), ("lora", lora))}
+    assert phases["lora"]["update"].alias_bytes > 0 and phases["full"]["update"].alias_bytes > 0
+    assert phases["lora"]["update"].argument_bytes < phases["full"]["update"].argument_bytes
+    # full fine-tuning keeps a reference copy resident while the sampler runs; LoRA does not
+    assert phases["lora"]["sampler"].resident_bytes < phases["full"]["sampler"].resident_bytes
+    assert lora.fits and full.fits
