@@ -118,7 +118,7 @@ def train_sft(config, workdir: str) -> dict:
     state, outcome = run_training(
         setup.state, step_fn=setup.train_step, spec=spec, mesh=mesh, workdir=wd, evaluate=evaluate,
         epoch_batches=lambda epoch: batches(train, batch_size=cfg.batch_size, epoch=epoch))
-    save_pretrained(model, state.params, wd.export, tokenizer=tokenizer)
+    save_pretrained(model, state.params, wd.export, tokenizer=tokenizer, base_model=config.model.init)
     result = {**outcome, "steps": spec.total_steps, "train_examples": len(train),
               "eval_examples": len(evals), "dropped_train": train_drops.counts,
               "dropped_eval": eval_drops.counts,

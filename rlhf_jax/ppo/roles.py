@@ -206,20 +206,21 @@ class Rollout:
     adapters: Any = None
 
     def params(self, lm_params_training):
-        """The policy's LM params, merged, cast to the compute dtype and resharded for the
-        rollout."""
+        """The policy's LM params, cast to the compute dtype and resharded for the rollout; with
+        LoRA, merged in one jitted call whose output is already in the rollout layout (one
+        copy of the weights, not a merged copy and then a resharded one)."""
         if lora.has_adapters(lm_params_training):
-            lm_params_training = _merge_jitted(self.adapters, lm_params_training)
+            return self._merge(lm_params_training)
         return jax.device_put(as_dtype(lm_params_training, self.dtype), self.param_shardings)
+
+    @functools.cached_property
+    def _merge(self):
+        return jax.jit(lambda p: as_dtype(lora.merged(self.adapters, p), self.dtype),
+                       out_shardings=self.param_shardings)
 
     def batch(self, *arrays):
         """This process's host rows placed as global arrays over the rollout mesh's batch axes."""
         return tuple(sharding.shard_batch(a, self.mesh) for a in arrays)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _merge_jitted(adapters, params):
-    return lora.merged(adapters, params)
 
 
 ROLLOUT_TRAINING_LAYOUT = -1
