@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import DecoderConfig
-from rlhf_jax.models.layers import _param
 from rlhf_jax.models.transformer import CausalLM, Decoder, KVCache, ModelOutput
 
 READOUTS = ("last", "all")
@@ -28,15 +27,22 @@ def last_token_index(attention_mask_bt):
 
 
 class ScalarHead(nn.Module):
-    """``v = h · w + b`` in float32, one scalar per position."""
+    """``v = h · w + b`` in float32, one scalar per position.
+
+    ``w`` and ``b`` are stored in float32 whatever the trunk's ``param_dtype``: a head trains on
+    a frozen bfloat16 base under LoRA, and a bfloat16 weight of ~0.02 would round away updates
+    of lr ~1e-5 (its spacing there is ~1e-4).
+    """
 
     config: DecoderConfig
 
     @nn.compact
     def __call__(self, hidden_bte):
         e = self.config.hidden_size
-        w = _param(self, "kernel", ("embed",), (e,), nn.initializers.normal(1.0 / (e + 1) ** 0.5))
-        b = _param(self, "bias", (), (), nn.initializers.zeros)
+        w = self.param("kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(1.0 / (e + 1) ** 0.5), ("embed",)), (e,), jnp.float32)
+        b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ()), (),
+                       jnp.float32)
         return jnp.einsum("bte,e->bt", hidden_bte.astype(jnp.float32),
                           w.astype(jnp.float32)) + b.astype(jnp.float32)
 

@@ -159,6 +159,7 @@ def rm_batch(rng, rows, width, vocab):
 
 
 def test_reward_model_steps_update_only_adapters_and_the_score_head():
+    """On a bfloat16 base (the paper configs'), with gradient accumulation and dropout."""
     from rlhf_jax import sharding
     from rlhf_jax.defaults import reward_model_config, with_lora
     from rlhf_jax.reward.train import reward_loss_for
@@ -166,8 +167,13 @@ def test_reward_model_steps_update_only_adapters_and_the_score_head():
     config = with_lora(reward_model_config(), rank=4, alpha=32, dropout=0.1, base_dtype="float32")
     config.rm.accum_steps, config.rm.lr = 2, 1e-2
     cfg = config_from_hf(preset_config("tiny-llama"), "tiny-llama")
-    model = ScalarModel(cfg.replace(lora=LoraConfig(4, 32.0, 0.1, ("q_proj", "v_proj"))))
+    model = ScalarModel(cfg.replace(lora=LoraConfig(4, 32.0, 0.1, ("q_proj", "v_proj")),
+                                    param_dtype="bfloat16", dtype="bfloat16"))
     params = init_params(model, jax.random.key(0))
+    dtypes = {p: str(v.dtype) for p, v in flat(params).items()}
+    assert dtypes[("model", "layers", "attn", "q_proj")] == "bfloat16"  # the frozen base
+    assert dtypes[("model", "layers", "attn", "q_proj_lora_a")] == "float32"
+    assert dtypes[("score", "kernel")] == "float32"  # trainable heads keep float32 weights
     steps = supervised_steps(model, params, config.rm, loss_fn=reward_loss_for(config.rm),
                              total_steps=10, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
     state = training.init_state(params, steps.tx)
