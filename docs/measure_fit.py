@@ -13,7 +13,9 @@ configs as shipped (the paper's LoRA: r 8 / r 16 on q_proj and v_proj, a bfloat1
 ``rm`` and ``ppo`` fine-tune fully (``model.lora_rank=0``, float32 master weights). Each result
 is appended to ``--results`` (one JSON line, with the commit) as soon as it is measured, and
 rows already there for this commit are not measured again, so an interrupted run resumes.
-It then prints the Markdown table of every result in the file for this commit: the largest
+It then prints the Markdown table of every result in the file for this commit (and for the
+earlier commits ``--accept`` names, whose rows are then not measured again; each row names its
+commit): the largest
 phase's peak GiB per chip, which phase that is, whether the stage fits, and per model and
 stage the smallest measured slice that fits (fewest chips). ``--order`` measures the given
 ``model:stage:slice`` jobs first.
@@ -51,11 +53,16 @@ def commit() -> str:
                           text=True, check=True).stdout.strip()
 
 
-def read_results(path: str, at: str) -> list:
+def read_results(path: str, commits: list) -> list:
+    """The rows measured at ``commits``; a job measured at several, the first listed commit's."""
     if not os.path.exists(path):
         return []
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    return [r for r in rows if r["commit"] == at]
+    best = {}
+    for r in sorted((r for r in rows if r["commit"] in commits),
+                    key=lambda r: commits.index(r["commit"])):
+        best.setdefault((r["model"], r["stage"], r["slice"]), r)
+    return list(best.values())
 
 
 def measure(model: str, stage: str, slice_name: str, at: str) -> dict:
@@ -75,7 +82,7 @@ def measure(model: str, stage: str, slice_name: str, at: str) -> dict:
 
 def table(rows: list, models: list, stages: list, slices: list) -> str:
     lines = ["| model | stage | slice | chips | peak GiB/chip (phase) | usable GiB/chip | fits | "
-             "compile s |", "|---|---|---|---|---|---|---|---|"]
+             "compile s | commit |", "|---|---|---|---|---|---|---|---|---|"]
     index = {(r["model"], r["stage"], r["slice"]): r for r in rows}
     for model in models:
         for stage in stages:
@@ -83,14 +90,15 @@ def table(rows: list, models: list, stages: list, slices: list) -> str:
             for r in measured:
                 lines.append(f"| {model} | {stage} | {r['slice']} | {r['chips']} | "
                              f"{r['peak_gib']:.2f} ({r['phase']}) | {r['usable_gib']:.2f} | "
-                             f"{'yes' if r['fits'] else 'no'} | {r['compile_s']:.0f} |")
+                             f"{'yes' if r['fits'] else 'no'} | {r['compile_s']:.0f} | "
+                             f"{r['commit']} |")
             if not measured:
                 continue
             fitting = sorted((r["chips"], r["slice"]) for r in measured if r["fits"])
             smallest = fitting[0][1] if fitting else "none measured"
             missing = [s for s in slices if (model, stage, s) not in index]
             note = f" (not measured: {', '.join(missing)})" if missing else ""
-            lines.append(f"| {model} | {stage} | smallest that fits: {smallest}{note} | | | | | |")
+            lines.append(f"| {model} | {stage} | smallest that fits: {smallest}{note} | | | | | | |")
     return "\n".join(lines)
 
 
@@ -102,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="docs/fit_results.jsonl")
     parser.add_argument("--order", default="", help="model:stage:slice jobs to measure first")
     parser.add_argument("--table-only", action="store_true", help="print the table, measure nothing")
+    parser.add_argument("--accept", default="", help="earlier commits whose rows count (comma-separated)")
     args = parser.parse_args(argv)
     models, stages, slices = (args.models.split(","), args.stages.split(","),
                               args.slices.split(","))
@@ -109,7 +118,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown stages {unknown}; expected some of {sorted(STAGES)}")
     at = commit()
-    done = {(r["model"], r["stage"], r["slice"]) for r in read_results(args.results, at)}
+    commits = [at, *[c for c in args.accept.split(",") if c]]
+    done = {(r["model"], r["stage"], r["slice"]) for r in read_results(args.results, commits)}
     jobs = [tuple(j.split(":")) for j in args.order.split(",") if j]
     jobs += [(m, st, sl) for m in models for st in stages for sl in slices]
     for job in dict.fromkeys(jobs):
@@ -122,8 +132,7 @@ def main(argv=None) -> int:
         print(f"measured {job}: {row['peak_gib']:.2f} GiB/chip ({row['phase']}), "
               f"{'fits' if row['fits'] else 'does not fit'}, {row['compile_s']:.0f} s",
               file=sys.stderr, flush=True)
-    print(f"At commit {at}:\n")
-    print(table(read_results(args.results, at), models, stages, slices))
+    print(table(read_results(args.results, commits), models, stages, slices))
     return 0
 
 

@@ -11,12 +11,13 @@ Command::
     rlhf-jax ppo --config configs/ppo/rlcd.py[:VARIANT] --workdir runs/ppo_rlcd \\
         --config.model.init=/path/to/llama-7b-sft
 
-Sized for (``rlhf-jax fit`` at fc40c01 on the WebGPT config, whose shapes this one shares;
-LLaMA-7B, full fine-tuning): a TPU v5p-8 (the sampler peaks at 37.15 GiB/chip of 93.75
-usable). It does not fit a v5e-8 (19.30 GiB/chip for the sampler, 17.98 for the update, of
-15.75): the paper's LoRA setup is pending (issue 14). Check a change first::
+Sized for (``rlhf-jax fit`` at 12da3a0 on the WebGPT config, whose shapes this one shares;
+LLaMA-7B, the paper's LoRA as shipped):
+one TPU v5e-8 host; the sampler peaks at 9.94 GiB/chip of 15.75 usable. Full fine-tuning
+(``--config.model.lora_rank=0 --config.model.param_dtype=float32``) needs a v5p-8 (37.15
+GiB/chip of 93.75; on a v5e-8 it needed 19.30 at fc40c01). Check a change first::
 
-    rlhf-jax fit --config configs/ppo/rlcd.py --topology v5p-8 \\
+    rlhf-jax fit --config configs/ppo/rlcd.py --topology v5e-8 \\
         --config.model.init=preset:llama-7b --config.reward.model=preset:llama-7b
 """
 

@@ -10,10 +10,12 @@ Command::
     rlhf-jax train-rm --config configs/rm/stack.py[:bal|:rda|:ctr] --workdir runs/rm_stack \\
         --config.model.init=/path/to/llama-7b-hf [--config.data.path=stack-exchange-paired/data]
 
-Sized for (``rlhf-jax fit`` at fc40c01 on the WebGPT config, whose shapes this one shares;
-LLaMA-7B): one TPU v5e-8 host, the RM step peaking at 14.54 GiB/chip of 15.75 usable, or a
-v5p-8 (28.78 of 93.75); FSDP over all chips, float32 master weights, bfloat16 compute,
-remat. Check a change first::
+Sized for (``rlhf-jax fit`` at 12da3a0 on the WebGPT config, whose shapes this one shares;
+LLaMA-7B, the paper's LoRA as shipped):
+one TPU v5e-8 host, peaking at 2.44 GiB/chip (the eval forward) of 15.75 usable; FSDP over all
+chips, a bfloat16 base, bfloat16 compute, remat. Full fine-tuning (``--config.model.lora_rank=0
+--config.model.param_dtype=float32``) fits a v5e-8 too: 14.54 GiB/chip for the RM step. Check a
+change first::
 
     rlhf-jax fit --config configs/rm/stack.py --topology v5e-8 \\
         --config.model.init=preset:llama-7b

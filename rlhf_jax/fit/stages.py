@@ -131,7 +131,7 @@ def fit_ppo(config, devices, chip: Chip) -> list:
                                             else state_shape.params["policy"], fns.reference_shardings),
                                    roles.reference_dtype(config))
     cfg, n = lm.config, len(devices)
-    g, rows = config.generation, config.ppo.batch_size * _hosts(devices)
+    g, rows = config.generation, config.ppo.batch_size  # the global batch, whatever the hosts
     prompt = -(-(config.data.max_prompt_length - 1) // g.prompt_bucket) * g.prompt_bucket
     response = g.max_new_tokens - 1
     batch_sh = sharding.batch_sharding(mesh)
