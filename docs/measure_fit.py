@@ -98,7 +98,7 @@ def table(rows: list, models: list, stages: list, slices: list) -> str:
             smallest = fitting[0][1] if fitting else "none measured"
             missing = [s for s in slices if (model, stage, s) not in index]
             note = f" (not measured: {', '.join(missing)})" if missing else ""
-            lines.append(f"| {model} | {stage} | smallest that fits: {smallest}{note} | | | | | | |")
+            lines.append(f"| {model} | {stage} | smallest measured that fits: {smallest}{note} | | | | | | |")
     return "\n".join(lines)
 
 
