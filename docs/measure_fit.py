@@ -12,7 +12,8 @@ PPO, the reward model) replaced by the preset of that size. ``rm-lora`` and ``pp
 configs as shipped (the paper's LoRA: r 8 / r 16 on q_proj and v_proj, a bfloat16 base);
 ``rm`` and ``ppo`` fine-tune fully (``model.lora_rank=0``, float32 master weights). Each result
 is appended to ``--results`` (one JSON line, with the commit) as soon as it is measured, and
-rows already there for this commit are not measured again, so an interrupted run resumes.
+rows already there for this commit are not measured again, so an interrupted run resumes (and
+two runs with disjoint job lists can share the file).
 It then prints the Markdown table of every result in the file for this commit (and for the
 earlier commits ``--accept`` names, whose rows are then not measured again; each row names its
 commit): the largest
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
     jobs = [tuple(j.split(":")) for j in args.order.split(",") if j]
     jobs += [(m, st, sl) for m in models for st in stages for sl in slices]
     for job in dict.fromkeys(jobs):
+        if not args.table_only:  # another run may share the file: reread what it has done
+            done |= {(r["model"], r["stage"], r["slice"]) for r in read_results(args.results, commits)}
         if args.table_only or job in done:
             continue
         row = measure(*job, at)
