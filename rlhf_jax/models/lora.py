@@ -22,7 +22,7 @@ beside its projection (``q_proj_lora_a``, ``q_proj_lora_b``), sharded by the sam
 Adapters are part of the model's :class:`~rlhf_jax.models.DecoderConfig` (``lora``): a config
 without ``lora`` over the same params minus the adapters is the base model, which is how PPO's
 reference is computed (adapters off, no second copy of the weights). What trains is
-:func:`is_trainable`: with adapters present, the adapters and the scalar heads; without, all.
+:func:`trainable_mask`: with adapters present, the adapters and the scalar heads; without, all.
 """
 
 from __future__ import annotations

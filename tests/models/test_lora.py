@@ -21,11 +21,11 @@ import pytest
 
 from rlhf_jax import training
 from rlhf_jax.config import load_config
-from rlhf_jax.models import CausalLM, ScalarModel, init_params, load_pretrained, save_pretrained
+from rlhf_jax.models import CausalLM, ScalarModel, init_params, save_pretrained
 from rlhf_jax.models.lora import (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, LoraConfig, merged,
                                   split_trainable, without_adapters)
-from rlhf_jax.models.presets import preset_config
 from rlhf_jax.models import config_from_hf
+from rlhf_jax.models.presets import preset_config
 from tests.helpers import left_padded_batch
 
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
