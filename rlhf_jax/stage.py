@@ -19,6 +19,7 @@ from typing import Callable
 import jax
 
 from rlhf_jax import sharding, training
+from rlhf_jax.models import lora
 from rlhf_jax.models.build import tokenizer_for
 from rlhf_jax.workdir import start_stage
 
@@ -74,11 +75,6 @@ class SupervisedSetup(SupervisedSteps):
     state: training.TrainState = None
 
 
-def uses_dropout(model_config) -> bool:
-    """Whether a model's training forward draws dropout masks (LoRA's adapter dropout)."""
-    return model_config.lora is not None and model_config.lora.dropout > 0
-
-
 def supervised_steps(model, params_shape, section, *, loss_fn: Callable, total_steps: int,
                      mesh) -> SupervisedSteps:
     """The optimizer (``section``: ``lr``, ``lr_schedule``, …, ``accum_steps``), the train
@@ -90,7 +86,7 @@ def supervised_steps(model, params_shape, section, *, loss_fn: Callable, total_s
     batch_sh = sharding.batch_sharding(mesh)
     step = training.make_train_step(functools.partial(loss_fn, model=model), tx,
                                     accum_steps=section.accum_steps, shardings=shardings,
-                                    batch_sharding=batch_sh, dropout=uses_dropout(model.config))
+                                    batch_sharding=batch_sh, dropout=lora.uses_dropout(model.config.lora))
     return SupervisedSteps(shardings=shardings, tx=tx, train_step=step, batch_sharding=batch_sh)
 
 

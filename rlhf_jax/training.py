@@ -89,8 +89,7 @@ def init_optimizer(tx: optax.GradientTransformation, params) -> optax.OptState:
 
 def optimizer_shardings(tx, params, param_shardings, mesh):
     """Shardings of :func:`init_optimizer`'s state: param-shaped leaves follow the params."""
-    trainable_sh = lora.split_trainable(param_shardings)[0] if lora.has_adapters(params) \
-        else param_shardings
+    trainable_sh = lora.split_trainable(param_shardings)[0]  # same names as the params
     opt_shape = jax.eval_shape(lambda p: init_optimizer(tx, p), params)
     return sharding.optimizer_state_shardings(tx, opt_shape, trainable_sh, mesh)
 

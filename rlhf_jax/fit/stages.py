@@ -154,7 +154,8 @@ def fit_ppo(config, devices, chip: Chip) -> list:
                                                                  lm_head=False),
                       f"{rows} × {width}, reward model {config.reward.model}", rm_bytes)]
     state_bytes = shard_bytes(state)
-    ref_bytes = 0 if fns.reference_shardings is None else shard_bytes(reference)
+    reference_in_state = fns.reference_shardings is None
+    ref_bytes = 0 if reference_in_state else shard_bytes(reference)  # resident beside the state
     rollout = fns.rollout  # adapters merged: the base's shapes
     rollout_params = roles.as_dtype(abstract(without_adapters(lm_params(state_shape.params["policy"])),
                                              rollout.param_shardings), rollout.dtype)
@@ -192,7 +193,8 @@ def fit_ppo(config, devices, chip: Chip) -> list:
          f"{rollout.mesh.shape['tensor']}; KV cache {kv_bytes * n / GIB:.2f} GiB in all",
          state_bytes + ref_bytes + rm_bytes),
         ("reference forward", fns.ref_forward, (reference, *rollout_rows), forward_flops, shapes,
-         state_bytes + rm_bytes - (shard_bytes(reference) if not ref_bytes else 0)),
+         # its argument is part of the state under LoRA: the rest of the state is what stays
+         state_bytes + rm_bytes - (shard_bytes(reference) if reference_in_state else 0)),
         ("policy + values forward", fns.policy_forward, (state.params, *rollout_rows), forward_flops,
          shapes, state_bytes - shard_bytes(state.params) + ref_bytes + rm_bytes),
         *[(*phase[:5], state_bytes + ref_bytes) for phase in phases_rm],

@@ -113,10 +113,10 @@ def linears(module: nn.Module, x, projections):
         if lora_cfg.dropout > 0 and module.has_rng("dropout"):
             keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - lora_cfg.dropout, x.shape)
             x_in = jnp.where(keep, x / (1.0 - lora_cfg.dropout), 0).astype(x.dtype)
+        r = lora_cfg.rank
         for i, p in enumerate(projections):
             if p.adapter is not None:
                 a, b = p.adapter
-                r = lora_cfg.rank
                 low = jnp.dot(x_in, a.astype(dt).reshape(-1, r))
                 outs[i] = outs[i] + (lora_cfg.scale * jnp.dot(low, b.astype(dt).reshape(r, -1))
                                      ).astype(outs[i].dtype)

@@ -17,7 +17,10 @@ head_dim]``) and multiply a free 2-D reshape (:func:`rlhf_jax.models.layers.line
 interception sees neither the logical axes nor the reshape, so its adapters would be neither
 sharded by our rules nor exportable to PEFT's names. Here an adapter is two extra parameters
 beside its projection (``q_proj_lora_a``, ``q_proj_lora_b``), sharded by the same logical axes
-(the rank axis replicated) and stored in float32 whatever the base's dtype.
+(the rank axis replicated) and stored in float32 whatever the base's dtype. One deviation from
+PEFT: the projections multiplied together in one :func:`rlhf_jax.models.layers.linears` call
+(q/k/v, or gate/up) share one dropout mask on their common input, where PEFT draws one per
+module; with the paper's targets, q_proj and v_proj share it.
 
 Adapters are part of the model's :class:`~rlhf_jax.models.DecoderConfig` (``lora``): a config
 without ``lora`` over the same params minus the adapters is the base model, which is how PPO's
@@ -70,6 +73,11 @@ class LoraConfig:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+
+def uses_dropout(lora: Optional[LoraConfig]) -> bool:
+    """Whether a model with these adapters draws dropout masks in its training forwards."""
+    return lora is not None and lora.dropout > 0
 
 
 def lora_config_from_spec(spec) -> Optional[LoraConfig]:
@@ -165,12 +173,12 @@ def without_adapters(params) -> dict:
         {p: v for p, v in flat.items() if not is_adapter(str(p[-1]))})
 
 
-def merged(lora: Optional[LoraConfig], params) -> dict:
+def merged(lora: LoraConfig, params) -> dict:
     """``W + (α/r)·A·B`` for every adapted projection, adapters removed: params of the base
     architecture that compute what the adapted model computes (export, sampling, scoring).
     Works on stacked (``[layers, …]``) and unrolled layers alike; ``W`` keeps its dtype."""
-    if lora is None or not has_adapters(params):
-        return without_adapters(params) if has_adapters(params) else params
+    if not has_adapters(params):
+        return params
     flat = flax.traverse_util.flatten_dict(_plain(params))
     out = {}
     for path, w in flat.items():

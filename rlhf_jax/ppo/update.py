@@ -122,9 +122,8 @@ def ppo_update(state: PPOState, batch: dict, *, policy_model, value_model, tx, c
     loss_fn, trainable = training.trainable_loss(loss_fn, state.params)
     body = functools.partial(minibatch_step, grad_fn=jax.value_and_grad(loss_fn, has_aux=True),
                              tx=tx, ratio_threshold=p.ratio_threshold, ratio_skip=p.ratio_skip)
-    lora_cfg = policy_model.config.lora
-    dropout = lora_cfg is not None and lora_cfg.dropout > 0
-    keys = jax.random.split(jax.random.fold_in(key, 3), order.shape[0]) if dropout else None
+    keys = (jax.random.split(jax.random.fold_in(key, 3), order.shape[0])
+            if lora.uses_dropout(policy_model.config.lora) else None)
     (trainable, opt_state), stats = jax.lax.scan(
         lambda carry, xs: body(carry, {k: v[xs[0]] for k, v in data.items()}, key=xs[1]),
         (trainable, state.opt_state), (order, keys))
