@@ -20,6 +20,10 @@ commit): the largest
 phase's peak GiB per chip, which phase that is, whether the stage fits, and per model and
 stage the smallest measured slice that fits (fewest chips). ``--order`` measures the given
 ``model:stage:slice`` jobs first.
+
+Each job runs ``fit`` with ``stop_at_first_miss``: once a phase does not fit, the later phases
+are not compiled, and a phase whose arguments plus resident state already exceed HBM never is.
+Such a row's peak is a floor, printed "≥ X" (its verdict, "no", is exact).
 """
 
 import argparse
@@ -72,11 +76,12 @@ def measure(model: str, stage: str, slice_name: str, at: str) -> dict:
     from rlhf_jax.fit.chips import GIB
     config = load_config(STAGES[stage][0], overrides(stage, model))
     start = time.perf_counter()
-    (report,) = fit(config, slice_name)
+    (report,) = fit(config, slice_name, stop_at_first_miss=True)
     worst = max(report.phases, key=lambda p: p.total_bytes)
     return {"commit": at, "model": model, "stage": stage, "slice": slice_name,
             "chips": report.num_chips, "peak_gib": worst.total_bytes / GIB, "phase": worst.name,
             "usable_gib": report.chip.usable_gib, "fits": bool(report.fits),
+            "exact": report.exact,
             "compile_s": time.perf_counter() - start,
             "phases": {p.name: p.total_bytes / GIB for p in report.phases}}
 
@@ -90,7 +95,8 @@ def table(rows: list, models: list, stages: list, slices: list) -> str:
             measured = [index[(model, stage, s)] for s in slices if (model, stage, s) in index]
             for r in measured:
                 lines.append(f"| {model} | {stage} | {r['slice']} | {r['chips']} | "
-                             f"{r['peak_gib']:.2f} ({r['phase']}) | {r['usable_gib']:.2f} | "
+                             f"{'' if r.get('exact', True) else '≥ '}{r['peak_gib']:.2f} "
+                             f"({r['phase']}) | {r['usable_gib']:.2f} | "
                              f"{'yes' if r['fits'] else 'no'} | {r['compile_s']:.0f} | "
                              f"{r['commit']} |")
             if not measured:

@@ -223,7 +223,7 @@ def cmd_fit(args) -> int:
         if len(mesh) != 3:
             raise ConfigError(f"--mesh {args.mesh!r}: expected three sizes DATA,FSDP,TENSOR "
                               "(one may be -1)")
-    reports = fit(config, args.topology, mesh=mesh)
+    reports = fit(config, args.topology, mesh=mesh, stop_at_first_miss=args.stop_at_first_miss)
     for report in reports:
         print(report.table())
         print()
@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--topology", required=True,
                      help="a slice (v5e-8, v4-8, v5p-16, …) or a libtpu topology (v5e:2x4)")
     fit.add_argument("--mesh", help="DATA,FSDP,TENSOR replacing the config's mesh section")
+    fit.add_argument("--stop-at-first-miss", action="store_true",
+                     help="once a phase does not fit, do not compile the stage's later phases")
     fit.set_defaults(func=cmd_fit)
     for name, help_text in (("sft", "supervised fine-tuning of a policy"),
                             ("train-rm", "train a Bradley–Terry reward model"),

@@ -17,7 +17,9 @@ needed), and prints one table:
   of that and ``bytes read / (chips × HBM bandwidth)``, from :data:`CHIPS`.
 
 The verdict compares each phase's peak with the chip's usable HBM; the command exits 1 when
-a phase does not fit. Batch sizes are per process, as the stages read them: a slice with
+a phase does not fit. A phase whose arguments plus resident bytes already exceed usable HBM
+is not compiled (a program's peak holds its arguments): its row gives that floor, "≥ X", and
+``--stop-at-first-miss`` treats every phase after the first that does not fit the same way. Batch sizes are per process, as the stages read them: a slice with
 ``h`` hosts trains on ``h ×`` the configured batch.
 """
 
@@ -31,7 +33,8 @@ from rlhf_jax.config import ConfigError
 from rlhf_jax.fit.chips import CHIPS, GIB, SLICES, Chip, topology_devices
 from rlhf_jax.fit.counting import (decoder_forward_flops, matmul_params, shard_bytes,
                                    train_flops)
-from rlhf_jax.fit.phases import Phase, _hosts, abstract, compile_phase, out_of_memory_bytes
+from rlhf_jax.fit.phases import (Phase, _hosts, abstract, compile_phase, compile_phases,
+                                 out_of_memory_bytes)
 from rlhf_jax.fit.stages import fit_ppo, fit_reward_model, fit_sft
 
 STAGES = {"sft": fit_sft, "rm": fit_reward_model, "ppo": fit_ppo}
@@ -72,6 +75,11 @@ class Report:
         return all(p.total_bytes <= self.chip.usable_gib * GIB for p in self.phases)
 
     @property
+    def exact(self) -> bool:
+        """Every phase compiled: :attr:`peak_gib` is XLA's, not a floor."""
+        return all(p.compiled for p in self.phases)
+
+    @property
     def peak_gib(self) -> float:
         return max(p.total_bytes for p in self.phases) / GIB
 
@@ -81,15 +89,17 @@ class Report:
                 f"GiB/chip), mesh data={self.mesh['data']} fsdp={self.mesh['fsdp']} "
                 f"tensor={self.mesh['tensor']}")
         rows = ["| phase | peak GiB/chip | of which resident | donated GiB/chip | FLOPs/step | "
-                "roofline s/step | fits | shapes |", "|---|---|---|---|---|---|---|---|"]
+                "roofline s/step | fits | compile s | shapes |", "|---|---|---|---|---|---|---|---|---|"]
         for p in self.phases:
             ok = p.total_bytes <= self.chip.usable_gib * GIB
-            rows.append(f"| {p.name} | {_gib(p.total_bytes)} | {_gib(p.resident_bytes)} | "
+            peak = _gib(p.total_bytes) if p.compiled else f"≥ {_gib(p.total_bytes)}"
+            rows.append(f"| {p.name} | {peak} | {_gib(p.resident_bytes)} | "
                         f"{_gib(p.alias_bytes)} | {p.flops:.3g} | {p.roofline_s:.3g} | "
-                        f"{'yes' if ok else 'NO'} | {p.note} |")
+                        f"{'yes' if ok else 'NO'} | {p.compile_s:.0f} | {p.note} |")
         headroom = self.chip.usable_gib - self.peak_gib
         verdict = (f"verdict: fits, {headroom:.2f} GiB/chip headroom" if self.fits else
-                   f"verdict: does NOT fit, {-headroom:.2f} GiB/chip over")
+                   f"verdict: does NOT fit, {'at least ' if not self.exact else ''}"
+                   f"{-headroom:.2f} GiB/chip over")
         return "\n".join([head, *rows, verdict])
 
 
@@ -99,9 +109,13 @@ def _gib(n: int) -> str:
     return f"{x:.2f}" if x >= 0.1 or x == 0 else f"{x:.3g}"
 
 
-def fit(config, slice_name: str, *, mesh: Optional[Sequence[int]] = None) -> list:
+def fit(config, slice_name: str, *, mesh: Optional[Sequence[int]] = None,
+        stop_at_first_miss: bool = False) -> list:
     """One :class:`Report` per stage of ``config`` on the slice (``mesh``: data, fsdp, tensor
-    sizes replacing each stage's ``mesh`` section)."""
+    sizes replacing each stage's ``mesh`` section). ``stop_at_first_miss``: once a phase does
+    not fit, the stage's later phases are not compiled (their rows give only the floor of
+    arguments + resident, printed "≥"); a phase whose floor alone exceeds HBM is never
+    compiled."""
     devices, chip, topology = topology_devices(slice_name)
     reports = []
     for name, stage in stages_of(config):
@@ -110,7 +124,7 @@ def fit(config, slice_name: str, *, mesh: Optional[Sequence[int]] = None) -> lis
             with stage.unlocked():
                 stage.mesh.data, stage.mesh.fsdp, stage.mesh.tensor = (int(m) for m in mesh)
         shape = sharding.resolve_mesh_shape(**dict(stage.mesh), num_devices=len(devices))
-        phases = STAGES[name](stage, devices, chip)
+        phases = STAGES[name](stage, devices, chip, stop_at_first_miss=stop_at_first_miss)
         reports.append(Report(slice_name=slice_name, topology=topology, chip=chip,
                               num_chips=len(devices), hosts=_hosts(devices), stage=name,
                               mesh=dict(zip(sharding.MESH_AXES, shape)), phases=phases))
@@ -118,5 +132,5 @@ def fit(config, slice_name: str, *, mesh: Optional[Sequence[int]] = None) -> lis
 
 
 __all__ = ["CHIPS", "SLICES", "Chip", "Phase", "Report", "STAGES", "abstract", "compile_phase",
-           "decoder_forward_flops", "fit", "matmul_params", "out_of_memory_bytes", "shard_bytes",
+           "compile_phases", "decoder_forward_flops", "fit", "matmul_params", "out_of_memory_bytes", "shard_bytes",
            "stages_of", "topology_devices", "train_flops"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -25,6 +26,8 @@ class Phase:
     flops: float               # hand-counted, per call
     roofline_s: float
     note: str = ""
+    compiled: bool = True      # False: not compiled, ``peak_bytes`` is a floor (its arguments)
+    compile_s: float = 0.0
 
     @property
     def total_bytes(self) -> int:
@@ -33,11 +36,27 @@ class Phase:
 
 def compile_phase(name: str, fn: Callable, args: Sequence, *, mesh, flops: float, chip: Chip,
                   num_chips: int, read_bytes: float = 0.0, resident_bytes: int = 0,
-                  note: str = "", rules=sharding.DEFAULT_RULES) -> Phase:
+                  note: str = "", rules=sharding.DEFAULT_RULES, compile: bool = True) -> Phase:
     """``fn`` (jitted) lowered on abstract ``args`` under ``mesh`` (and logical ``rules``) and
-    compiled for its devices."""
+    compiled for its devices.
+
+    Not compiled when ``compile`` is false, or when its arguments plus ``resident_bytes``
+    already exceed the chip's usable HBM: a program's peak holds its arguments, so the verdict
+    is certain and the compile (minutes for a 70B sampler) is skipped. Such a phase reports
+    that floor (``compiled=False``), which the tables print as "≥".
+    """
     roofline = max(flops / (num_chips * chip.bf16_flops),
                    read_bytes / chip.hbm_bytes_per_s if read_bytes else 0.0)
+    arguments = shard_bytes(args)
+    floor = arguments + int(resident_bytes)
+    if not compile or floor > chip.usable_gib * GIB:
+        why = ("an earlier phase does not fit" if not compile else
+               f"its arguments ({arguments / GIB:.2f} GiB) and what stays resident "
+               f"({resident_bytes / GIB:.2f} GiB) exceed usable HBM")
+        return Phase(name=name, peak_bytes=arguments, resident_bytes=int(resident_bytes),
+                     alias_bytes=0, argument_bytes=arguments, flops=flops, roofline_s=roofline,
+                     note=f"{note}; not compiled: {why}".lstrip("; "), compiled=False)
+    start = time.perf_counter()
     with sharding.use_mesh(mesh, rules):
         lowered = fn.lower(*args)
         try:
@@ -46,16 +65,30 @@ def compile_phase(name: str, fn: Callable, args: Sequence, *, mesh, flops: float
             needed = out_of_memory_bytes(str(err))
             if needed is None:
                 raise
-            arguments = shard_bytes(args)
             return Phase(name=name, peak_bytes=needed + arguments, resident_bytes=int(resident_bytes),
                          alias_bytes=0, argument_bytes=arguments, flops=flops, roofline_s=roofline,
                          note=f"{note}; XLA refused it: out of HBM (temporaries {needed / GIB:.2f} GiB "
-                              f"+ arguments)".lstrip("; "))
+                              f"+ arguments)".lstrip("; "),
+                         compile_s=time.perf_counter() - start)
     memory = compiled.memory_analysis()
     return Phase(name=name, peak_bytes=int(memory.peak_memory_in_bytes),
                  resident_bytes=int(resident_bytes), alias_bytes=int(memory.alias_size_in_bytes),
                  argument_bytes=int(memory.argument_size_in_bytes), flops=flops,
-                 roofline_s=roofline, note=note)
+                 roofline_s=roofline, note=note, compile_s=time.perf_counter() - start)
+
+
+def fits(phase: Phase, chip: Chip) -> bool:
+    return phase.total_bytes <= chip.usable_gib * GIB
+
+
+def compile_phases(plan: Sequence[dict], *, chip: Chip, stop_at_first_miss: bool = False) -> list:
+    """:func:`compile_phase` over ``plan`` (one dict of its arguments per phase, in order); with
+    ``stop_at_first_miss``, the phases after one that does not fit are not compiled."""
+    out = []
+    for kwargs in plan:
+        missed = stop_at_first_miss and any(not fits(p, chip) for p in out)
+        out.append(compile_phase(**kwargs, chip=chip, compile=not missed))
+    return out
 
 
 _OOM = re.compile(r"Ran out of memory in memory space hbm|Ran out of memory on HBM|RESOURCE_EXHAUSTED")

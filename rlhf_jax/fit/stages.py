@@ -14,13 +14,13 @@ from rlhf_jax.fit.chips import GIB, Chip
 from rlhf_jax.fit.counting import (_forward_flops, decoder_forward_flops, shard_bytes,
                                    train_flops, training_passes)
 from rlhf_jax.models.lora import without_adapters
-from rlhf_jax.fit.phases import _batch_struct, _hosts, abstract, compile_phase
+from rlhf_jax.fit.phases import _batch_struct, _hosts, abstract, compile_phases
 
 def _width(data) -> int:
     return int(max(data.buckets))
 
 
-def fit_reward_model(config, devices, chip: Chip) -> list:
+def fit_reward_model(config, devices, chip: Chip, stop_at_first_miss: bool = False) -> list:
     """The reward-model stage: the Bradley–Terry step and the eval scoring."""
     from rlhf_jax.data import pipeline
     from rlhf_jax.models import ScalarModel
@@ -47,20 +47,19 @@ def fit_reward_model(config, devices, chip: Chip) -> list:
     n = len(devices)
     step_tokens = 2 * config.rm.batch_size * hosts * width
     eval_tokens = 2 * config.rm.eval_batch_size * hosts * width
-    return [
-        compile_phase("rm step", steps.train_step, (state, pair_batch(config.rm.batch_size)),
-                      mesh=mesh, chip=chip, num_chips=n,
-                      flops=train_flops(cfg, step_tokens, width, lm_head=False),
-                      note=f"{config.rm.batch_size * hosts} pairs × {width}, accum {config.rm.accum_steps}"),
-        compile_phase("rm eval", score_step_for(model, steps),
-                      (state.params, pair_batch(config.rm.eval_batch_size)), mesh=mesh, chip=chip,
-                      num_chips=n, flops=decoder_forward_flops(cfg, eval_tokens, width, lm_head=False),
-                      resident_bytes=shard_bytes(state.opt_state),
-                      note=f"{config.rm.eval_batch_size * hosts} pairs × {width}"),
-    ]
+    return compile_phases([
+        dict(name="rm step", fn=steps.train_step, args=(state, pair_batch(config.rm.batch_size)),
+             mesh=mesh, num_chips=n, flops=train_flops(cfg, step_tokens, width, lm_head=False),
+             note=f"{config.rm.batch_size * hosts} pairs × {width}, accum {config.rm.accum_steps}"),
+        dict(name="rm eval", fn=score_step_for(model, steps),
+             args=(state.params, pair_batch(config.rm.eval_batch_size)), mesh=mesh, num_chips=n,
+             flops=decoder_forward_flops(cfg, eval_tokens, width, lm_head=False),
+             resident_bytes=shard_bytes(state.opt_state),
+             note=f"{config.rm.eval_batch_size * hosts} pairs × {width}"),
+    ], chip=chip, stop_at_first_miss=stop_at_first_miss)
 
 
-def fit_sft(config, devices, chip: Chip) -> list:
+def fit_sft(config, devices, chip: Chip, stop_at_first_miss: bool = False) -> list:
     """The SFT stage: the next-token step and the eval."""
     from rlhf_jax.data import pipeline
     from rlhf_jax.models import CausalLM
@@ -83,20 +82,20 @@ def fit_sft(config, devices, chip: Chip) -> list:
                                                   pad_id=0), mesh)
 
     n = len(devices)
-    return [
-        compile_phase("sft step", steps.train_step, (state, sft_batch(config.sft.batch_size)),
-                      mesh=mesh, chip=chip, num_chips=n,
-                      flops=train_flops(cfg, config.sft.batch_size * hosts * width, width),
-                      note=f"{config.sft.batch_size * hosts} × {width}, accum {config.sft.accum_steps}"),
-        compile_phase("sft eval", eval_step_for(model, steps),
-                      (state.params, sft_batch(config.sft.eval_batch_size)), mesh=mesh, chip=chip,
-                      num_chips=n, resident_bytes=shard_bytes(state.opt_state),
-                      flops=decoder_forward_flops(cfg, config.sft.eval_batch_size * hosts * width, width),
-                      note=f"{config.sft.eval_batch_size * hosts} × {width}"),
-    ]
+    return compile_phases([
+        dict(name="sft step", fn=steps.train_step, args=(state, sft_batch(config.sft.batch_size)),
+             mesh=mesh, num_chips=n,
+             flops=train_flops(cfg, config.sft.batch_size * hosts * width, width),
+             note=f"{config.sft.batch_size * hosts} × {width}, accum {config.sft.accum_steps}"),
+        dict(name="sft eval", fn=eval_step_for(model, steps),
+             args=(state.params, sft_batch(config.sft.eval_batch_size)), mesh=mesh, num_chips=n,
+             resident_bytes=shard_bytes(state.opt_state),
+             flops=decoder_forward_flops(cfg, config.sft.eval_batch_size * hosts * width, width),
+             note=f"{config.sft.eval_batch_size * hosts} × {width}"),
+    ], chip=chip, stop_at_first_miss=stop_at_first_miss)
 
 
-def fit_ppo(config, devices, chip: Chip) -> list:
+def fit_ppo(config, devices, chip: Chip, stop_at_first_miss: bool = False) -> list:
     """The PPO stage: sampler, reference forward, policy/value forward, reward scoring, update.
 
     Shapes are the worst case a step can take: every prompt ``data.max_prompt_length − 1``
@@ -203,13 +202,13 @@ def fit_ppo(config, devices, chip: Chip) -> list:
          f"{shapes}, {config.ppo.ppo_epochs} epoch(s) of minibatches of {config.ppo.mini_batch_size}",
          ref_bytes + rm_bytes),
     ]
-    out = []
+    compiled_plan = []
     for name, fn, args, flops, note, resident in plan:
-        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
         on_rollout = name == "sampler"
-        read = response * (rollout_bytes + kv_bytes) if on_rollout else 0.0
-        out.append(compile_phase(name, jitted, args, mesh=rollout.mesh if on_rollout else mesh,
-                                 rules=rollout.rules if on_rollout else sharding.DEFAULT_RULES,
-                                 chip=chip, num_chips=n, flops=flops, read_bytes=read,
-                                 resident_bytes=resident, note=note))
-    return out
+        compiled_plan.append(dict(
+            name=name, fn=fn if hasattr(fn, "lower") else jax.jit(fn), args=args,
+            mesh=rollout.mesh if on_rollout else mesh,
+            rules=rollout.rules if on_rollout else sharding.DEFAULT_RULES, num_chips=n, flops=flops,
+            read_bytes=response * (rollout_bytes + kv_bytes) if on_rollout else 0.0,
+            resident_bytes=resident, note=note))
+    return compile_phases(compiled_plan, chip=chip, stop_at_first_miss=stop_at_first_miss)
