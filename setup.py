@@ -24,7 +24,13 @@ CORE = [
 
 # torch is pinned to the CPU build that the test machines carry as a file: a bare
 # `torch` requirement would pull a multi-GB CUDA build.
+BENCH = [
+    "torch==2.13.0",
+    "trl==0.11.4",  # the last release with the old-style PPOTrainer the paper used (TRL 0.5's API)
+]
+
 TEST = [
+    *BENCH,  # the TRL/PyTorch comparison's harness test
     "pytest>=8",
     "torch==2.13.0",
     "accelerate>=1.0",  # transformers needs it to load a GGUF file (the PyTorch reference)
@@ -46,6 +52,7 @@ setup(
     install_requires=CORE,
     extras_require={
         "test": TEST,
+        "bench": BENCH,
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda12]>=0.10.2"],
     },

@@ -1,0 +1,113 @@
+"""``python -m rlhf_jax.benchmarks.vs_torch``: rlhf_jax against TRL 0.11.4 / PyTorch, side by side.
+
+Each (stack, case) runs in its own fresh process; within a round the two stacks of a case run
+one after the other, in an order that alternates from case to case and round to round. A
+worker times one warm-up iteration (compilation, allocator) and then ``--repeats`` iterations
+and reports their median; a figure in the tables is the median over rounds of those medians,
+with the range over rounds. Every worker's result is appended to ``--json`` as it finishes.
+
+Run (on a quiet machine; the ``bench`` extra brings TRL 0.11.4)::
+
+    python -m rlhf_jax.benchmarks.vs_torch --cases ppo,rm,sft --rounds 2 --repeats 3 \\
+        --json docs/vs_torch.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+from rlhf_jax.benchmarks.vs_torch import report
+from rlhf_jax.benchmarks.vs_torch.work import GROUPS, Case, num_cores
+
+STACKS = ("ours", "torch")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`: "))
+    parser.add_argument("--cases", default="ppo,rm,sft", help=f"groups of {sorted(GROUPS)}")
+    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    parser.add_argument("--json", default=None, help="where every worker's result is kept")
+    parser.add_argument("--worker", choices=("prepare", *STACKS), help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoints", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = [g for g in args.cases.split(",") if g and g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown --cases {unknown}; expected some of {sorted(GROUPS)}")
+    args.threads = args.threads or num_cores()
+    return args
+
+
+def worker_main(args) -> None:
+    if args.worker == "prepare":
+        from rlhf_jax.benchmarks.vs_torch.work import prepare_checkpoints
+        result = prepare_checkpoints(args.model, args.checkpoints)
+    else:
+        case, checkpoints = Case(**json.loads(args.case)), json.loads(args.checkpoints)
+        if args.worker == "ours":
+            from rlhf_jax.benchmarks.vs_torch import ours
+            result = ours.run(case, checkpoints, args.repeats)
+        else:
+            from rlhf_jax.benchmarks.vs_torch import torch_side
+            result = torch_side.run(case, checkpoints, args.repeats, args.threads)
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+def run_worker(worker: str, args, *, case: Optional[Case] = None, checkpoints=None) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, "-m", "rlhf_jax.benchmarks.vs_torch", "--worker", worker,
+               "--model", args.model, "--repeats", str(args.repeats), "--threads",
+               str(args.threads), "--out", out.name,
+               "--checkpoints", checkpoints if isinstance(checkpoints, str) else json.dumps(checkpoints)]
+        if case is not None:
+            cmd += ["--case", json.dumps(case.as_dict())]
+        subprocess.run(cmd, check=True)
+        with open(out.name) as f:
+            return json.load(f)
+
+
+def run_cases(cases: Sequence[Case], args) -> list:
+    """Every case on both stacks, ``args.rounds`` times, alternating; the worker records."""
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints = run_worker("prepare", args, checkpoints=tmp)
+        for r in range(args.rounds):
+            for i, case in enumerate(cases):
+                order = STACKS if (r + i) % 2 == 0 else STACKS[::-1]
+                for stack in order:
+                    print(f"round {r + 1}/{args.rounds}: {case.name} on {stack}", file=sys.stderr,
+                          flush=True)
+                    result = run_worker(stack, args, case=case, checkpoints=checkpoints)
+                    records.append({"round": r, "stack": stack, "case": case.as_dict(), **result})
+                    if args.json:
+                        with open(args.json, "w") as f:
+                            json.dump({"model": args.model, "repeats": args.repeats,
+                                       "threads": args.threads, "records": records}, f, indent=1)
+    return records
+
+
+def main(argv=None) -> list:
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return []
+    cases = [case for group in args.cases.split(",") if group for case in GROUPS[group]]
+    cases = list(dict.fromkeys(cases))
+    records = run_cases(cases, args)
+    print(report.environment(args))
+    print(report.tables(records))
+    return records
+
+
+if __name__ == "__main__":
+    main()

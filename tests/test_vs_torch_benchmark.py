@@ -1,0 +1,54 @@
+"""The TRL/PyTorch comparison harness runs on the tiny preset, and both sides do the same work:
+the same sampled tokens, the same optimizer steps, and (same weights, same batch) the same
+first supervised loss."""
+
+import importlib.util
+
+import pytest
+
+from rlhf_jax.benchmarks.vs_torch import report
+from rlhf_jax.benchmarks.vs_torch.__main__ import parse_args, run_cases
+from rlhf_jax.benchmarks.vs_torch.work import Case
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                                 reason="needs trl==0.11.4 (the bench extra)")]
+
+CASES = [Case("ppo", 4, 2, prompt_len=8, new_tokens=8, reward="model"),
+         Case("ppo", 4, 4, prompt_len=8, new_tokens=8),
+         Case("rm", 2, seq_len=16), Case("sft", 2, seq_len=16)]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "rounds.json"
+    args = parse_args(["--model", "tiny", "--rounds", "1", "--repeats", "1", "--threads", "1",
+                       "--json", str(path)])
+    return run_cases(CASES, args), path
+
+
+def test_both_stacks_do_the_same_work(records):
+    records, path = records
+    assert path.exists()
+    got = {(Case(**r["case"]).name, r["stack"]): r for r in records}
+    assert len(got) == 2 * len(CASES)
+    for case in CASES:
+        ours, torch = got[(case.name, "ours")], got[(case.name, "torch")]
+        assert ours["optimizer_steps"] == torch["optimizer_steps"] == case.optimizer_steps, (ours, torch)
+        assert ours["peak_rss"] > 0 and torch["peak_rss"] > 0
+        if case.kind == "ppo":
+            for side in (ours, torch):
+                assert [r["sampled_tokens"] for r in side["runs"]] == [case.sampled_tokens], side
+                phases = side["runs"][0]
+                assert phases["iteration"] == pytest.approx(
+                    sum(phases[k] for k in report.PPO_PHASES[:-1]), rel=1e-6)
+                assert (phases["scoring"] > 0.0) if case.reward == "model" else True
+        else:  # same weights and batch: the same loss before the first update
+            assert ours["first_loss"] == pytest.approx(torch["first_loss"], rel=1e-4, abs=1e-5), \
+                (ours, torch)
+
+
+def test_tables_give_each_phase_and_the_ratio(records):
+    text = report.tables(records[0])
+    assert "speed-up (TRL s / ours s)" in text and "old log-probs + values s" in text
+    assert "rm 2×16" in text and "sft 2×16" in text
