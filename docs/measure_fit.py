@@ -109,6 +109,25 @@ def table(rows: list, models: list, stages: list, slices: list) -> str:
     return "\n".join(lines)
 
 
+PPO_PHASES = ("sampler", "reference forward", "policy + values forward", "reward scoring", "update")
+
+
+def phase_table(rows: list, models: list, slices: list) -> str:
+    """GiB/chip of each PPO phase, for the PPO rows whose phases all compiled."""
+    lines = ["| model | stage | slice | " + " | ".join(PPO_PHASES) + " | commit |",
+             "|---|---|---|" + "---|" * len(PPO_PHASES) + "---|"]
+    index = {(r["model"], r["stage"], r["slice"]): r for r in rows}
+    for model in models:
+        for stage in ("ppo", "ppo-lora"):
+            for s in slices:
+                r = index.get((model, stage, s))
+                if r is None or not r.get("exact", True):
+                    continue
+                cells = " | ".join(f"{r['phases'][p]:.2f}" for p in PPO_PHASES)
+                lines.append(f"| {model} | {stage} | {s} | {cells} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="llama-7b")
@@ -141,7 +160,12 @@ def main(argv=None) -> int:
         print(f"measured {job}: {row['peak_gib']:.2f} GiB/chip ({row['phase']}), "
               f"{'fits' if row['fits'] else 'does not fit'}, {row['compile_s']:.0f} s",
               file=sys.stderr, flush=True)
-    print(table(read_results(args.results, commits), models, stages, slices))
+    rows = read_results(args.results, commits)
+    print(table(rows, models, stages, slices))
+    if any(st.startswith("ppo") for st in stages):
+        print("\nThe PPO phases, GiB per chip (peak including what stays resident), where all "
+              "compiled:\n")
+        print(phase_table(rows, models, slices))
     return 0
 
 
