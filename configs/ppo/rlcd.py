@@ -15,7 +15,8 @@ Sized for (``rlhf-jax fit`` at 12da3a0 on the WebGPT config, whose shapes this o
 LLaMA-7B, the paper's LoRA as shipped):
 one TPU v5e-8 host; the sampler peaks at 9.94 GiB/chip of 15.75 usable. Full fine-tuning
 (``--config.model.lora_rank=0 --config.model.param_dtype=float32``) needs a v5p-8 (37.15
-GiB/chip of 93.75; on a v5e-8 it needs 19.30, measured at fc9cd64). Check a change first::
+GiB/chip of 93.75) or a v5e-16 (13.75 of 15.75, measured at 965b550); a v5e-8 is
+not enough (19.30, fc9cd64). Check a change first::
 
     rlhf-jax fit --config configs/ppo/rlcd.py --topology v5e-8 \\
         --config.model.init=preset:llama-7b --config.reward.model=preset:llama-7b
