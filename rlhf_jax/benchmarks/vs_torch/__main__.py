@@ -4,7 +4,9 @@ Each (stack, case) runs in its own fresh process; within a round the two stacks 
 one after the other, in an order that alternates from case to case and round to round. A
 worker times one warm-up iteration (compilation, allocator) and then ``--repeats`` iterations
 and reports their median; a figure in the tables is the median over rounds of those medians,
-with the range over rounds. Every worker's result is appended to ``--json`` as it finishes.
+with the range over rounds. ``--json`` is rewritten with every worker's result as each finishes.
+Both stacks run on this machine's CPU (``JAX_PLATFORMS=cpu``, no CUDA device for torch), on the
+first ``--threads`` cores (``sched_setaffinity``; torch also gets that many threads).
 
 Run (on a quiet machine; the ``bench`` extra brings TRL 0.11.4)::
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,12 +31,14 @@ STACKS = ("ours", "torch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`: "))
+    parser = argparse.ArgumentParser(
+        description="rlhf_jax against TRL 0.11.4 / PyTorch, side by side")
     parser.add_argument("--cases", default="ppo,rm,sft", help=f"groups of {sorted(GROUPS)}")
     parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="cores for both stacks (default: all this process may use)")
     parser.add_argument("--json", default=None, help="where every worker's result is kept")
     parser.add_argument("--worker", choices=("prepare", *STACKS), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -43,11 +48,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [g for g in args.cases.split(",") if g and g not in GROUPS]
     if unknown:
         parser.error(f"unknown --cases {unknown}; expected some of {sorted(GROUPS)}")
-    args.threads = args.threads or num_cores()
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
+    args.threads = min(args.threads or num_cores(), num_cores())
     return args
 
 
 def worker_main(args) -> None:
+    cores = sorted(os.sched_getaffinity(0))[:args.threads]
+    os.sched_setaffinity(0, cores)  # before jax or torch start their thread pools
     if args.worker == "prepare":
         from rlhf_jax.benchmarks.vs_torch.work import prepare_checkpoints
         result = prepare_checkpoints(args.model, args.checkpoints)
@@ -68,10 +77,12 @@ def run_worker(worker: str, args, *, case: Optional[Case] = None, checkpoints=No
         cmd = [sys.executable, "-m", "rlhf_jax.benchmarks.vs_torch", "--worker", worker,
                "--model", args.model, "--repeats", str(args.repeats), "--threads",
                str(args.threads), "--out", out.name,
-               "--checkpoints", checkpoints if isinstance(checkpoints, str) else json.dumps(checkpoints)]
+               "--checkpoints",
+               checkpoints if isinstance(checkpoints, str) else json.dumps(checkpoints)]
         if case is not None:
             cmd += ["--case", json.dumps(case.as_dict())]
-        subprocess.run(cmd, check=True)
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+        subprocess.run(cmd, check=True, env=env)
         with open(out.name) as f:
             return json.load(f)
 

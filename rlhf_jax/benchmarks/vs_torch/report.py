@@ -37,7 +37,7 @@ def by_case(records: list) -> dict:
 
 
 def ppo_table(cases: dict) -> str:
-    header = ("case", "stack", *PPO_HEADER, "tokens/s", "peak RSS GB", "optimizer steps",
+    header = ("case", "stack", *PPO_HEADER, "sampled tokens/s", "peak RSS GB", "optimizer steps",
               "sampled tokens")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, (case, stacks) in cases.items():
@@ -111,5 +111,5 @@ def environment(args) -> str:
         commit = "unknown"
     return (f"commit {commit}; jax {jax.__version__}, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, trl {trl.__version__}; model {args.model} (float32); "
-            f"{args.threads} torch threads; {args.rounds} round(s) × (1 warm-up + {args.repeats} "
+            f"{args.threads} cores for each stack; {args.rounds} round(s) × (1 warm-up + {args.repeats} "
             f"timed iterations) per process\n")

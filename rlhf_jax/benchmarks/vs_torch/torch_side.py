@@ -2,17 +2,24 @@
 
 - ``ppo``: ``trl.PPOTrainer`` with an ``AutoModelForCausalLMWithValueHead`` policy and its own
   reference copy, both from the shared ``policy/`` directory. One iteration is
-  ``trainer.generate`` (all prompts in one batch; ``min_new_tokens = max_new_tokens`` so that
-  every response has exactly ``new_tokens`` tokens), the scores, and ``trainer.step``. The step's
-  first two ``batched_forward_pass`` calls are the old log-probs + values and the reference
-  log-probs; the rest of the step (rewards, advantages, the minibatch updates, statistics) is
-  *update*. A reward model, when the case has one, is ``AutoModelForSequenceClassification``
-  from ``reward/`` over the decoded prompt + response, as the paper's scripts score.
+  ``trainer.generate`` (all prompts in one batch; ``min_new_tokens = max_new_tokens`` with the
+  tokenizer's EOS banned, so that every response has exactly ``new_tokens`` tokens), decoding
+  the responses (as TRL's scripts do), the scores, and ``trainer.step``. The step's first two
+  ``batched_forward_pass`` calls are the old log-probs + values and the reference log-probs
+  (TRL 0.11.4's order); the rest of the step (rewards, advantages, one forward + backward per
+  minibatch, statistics) is *update*. A reward model, when the case has one, is
+  ``AutoModelForSequenceClassification`` from ``reward/`` over the decoded prompt + response,
+  padded to the same width as ours, as the paper's scripts score.
 - ``rm``: ``LlamaForSequenceClassification`` from ``reward/``, the Bradley–Terry loss over one
-  forward of chosen + rejected, ``clip_grad_norm_(1.0)`` and ``torch.optim.AdamW`` (the step
-  TRL's ``RewardTrainer`` wraps).
+  forward of chosen + rejected stacked (as ours; TRL's ``RewardTrainer`` runs two forwards),
+  ``clip_grad_norm_(1.0)`` and ``torch.optim.AdamW``.
 - ``sft``: ``LlamaForCausalLM`` from ``policy/``, the masked token-mean NLL, the same clipping
   and optimizer.
+
+Where the stacks' own designs differ, each does its own work: TRL's forward passes run the LM
+head and its log-softmax over every prompt and response position and keep the logits for the
+entropy, ours only over the response positions; TRL forwards in chunks of ``mini_batch_size``
+rows, ours the whole batch at once.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import numpy as np
 
 from rlhf_jax.benchmarks.vs_torch.work import (LR, PPO_SETTINGS, Case, peak_rss_bytes, prompt_ids,
                                                random_ids, reward_width, sft_loss_mask)
+
+TRL_VERSION = "0.11.4"  # the phase split below follows its PPOTrainer.step
 
 
 def _torch(threads: int):
@@ -54,32 +63,35 @@ class ForwardPassTimer:
         return out
 
 
-class StepCounter:
-    """Counts ``optimizer.step`` calls."""
-
-    def __init__(self, optimizer):
-        self.count, self._inner = 0, optimizer.step
-        optimizer.step = self
-
-    def __call__(self, *args, **kwargs):
-        self.count += 1
-        return self._inner(*args, **kwargs)
+def adam_steps(optimizer) -> int:
+    """The optimizer's own step count (its first parameter's ``step``; 0 before the first)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            return int(state["step"]) if "step" in state else 0
+    return 0
 
 
 def run_ppo(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
     torch = _torch(threads)
+    import trl
     from transformers import AutoModelForSequenceClassification
     from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+    if trl.__version__ != TRL_VERSION:
+        raise SystemExit(f"the PPO comparison needs trl=={TRL_VERSION} (found {trl.__version__}): "
+                         "pip install -e '.[bench]'")
 
     tokenizer = _tokenizer(checkpoints["policy"])
     config = PPOConfig(learning_rate=LR, batch_size=case.batch, mini_batch_size=case.minibatch,
                        ppo_epochs=case.ppo_epochs, gradient_accumulation_steps=1, seed=0,
                        **{trl_key: value for trl_key, value in PPO_SETTINGS.values()})
-    load = lambda: AutoModelForCausalLMWithValueHead.from_pretrained(  # noqa: E731
-        checkpoints["policy"], dtype=torch.float32)
+
+    def load():
+        return AutoModelForCausalLMWithValueHead.from_pretrained(checkpoints["policy"],
+                                                                 dtype=torch.float32)
     trainer = PPOTrainer(config, load(), load(), tokenizer)
-    forwards, steps = ForwardPassTimer(trainer), StepCounter(trainer.optimizer)
-    queries = [torch.tensor(row, dtype=torch.long) for row in prompt_ids(case, checkpoints["vocab_size"])]
+    forwards = ForwardPassTimer(trainer)
+    queries = [torch.tensor(row, dtype=torch.long) for row in prompt_ids(case, checkpoints)]
     generation = dict(min_new_tokens=case.new_tokens, max_new_tokens=case.new_tokens, top_k=0,
                       top_p=1.0, temperature=1.0, do_sample=True,
                       # the tokenizer's EOS, which TRL's generate cuts at: min_new_tokens bans it
@@ -88,57 +100,63 @@ def run_ppo(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
         reward_model = AutoModelForSequenceClassification.from_pretrained(
             checkpoints["reward"], dtype=torch.float32).eval()
         reward_model.config.pad_token_id = tokenizer.pad_token_id
-    runs = []
+    runs, steps_before = [], 0
     for i in range(repeats + 1):  # the first is the warm-up
         if i == 1:
-            steps.count = 0
+            steps_before = adam_steps(trainer.optimizer.optimizer)
         start = time.perf_counter()
         responses = trainer.generate(queries, return_prompt=False, batch_size=case.batch,
                                      **generation)
         generated = time.perf_counter()
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         if case.reward == "model":
-            texts = [tokenizer.decode(q, skip_special_tokens=True)
-                     + tokenizer.decode(r, skip_special_tokens=True)
-                     for q, r in zip(queries, responses)]
+            prompts = tokenizer.batch_decode(queries, skip_special_tokens=True)
             with torch.no_grad():
-                inputs = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                inputs = tokenizer([p + r for p, r in zip(prompts, texts)], return_tensors="pt",
+                                   padding="max_length", truncation=True,
                                    max_length=reward_width(case))
                 scores = list(reward_model(**inputs).logits[:, 0].float())
         else:
-            scores = [torch.tensor(1.0) for _ in responses]
+            scores = [torch.tensor(1.0) for _ in texts]
         scored = time.perf_counter()
         forwards.calls.clear()
         trainer.step(queries, responses, scores)
         done = time.perf_counter()
+        if len(forwards.calls) != 2 + case.optimizer_steps:
+            raise RuntimeError(f"TRL's step made {len(forwards.calls)} forward passes; expected "
+                               f"2 + {case.optimizer_steps} minibatches")
         policy_values, reference = forwards.calls[0], forwards.calls[1]
         if i:
             runs.append({"generation": generated - start, "scoring": scored - generated,
                          "policy_values": policy_values, "reference": reference,
                          "update": done - scored - policy_values - reference,
                          "iteration": done - start,
-                         "sampled_tokens": float(sum(len(r) for r in responses))})
-    return {"runs": runs, "optimizer_steps": steps.count / repeats, "peak_rss": peak_rss_bytes()}
+                         "sampled_tokens": int(sum(len(r) for r in responses))})
+    steps = (adam_steps(trainer.optimizer.optimizer) - steps_before) / repeats
+    return {"runs": runs, "optimizer_steps": steps, "peak_rss": peak_rss_bytes()}
 
 
 def run_supervised(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
     torch = _torch(threads)
     import transformers
 
-    vocab = checkpoints["vocab_size"]
+    options = dict(dtype=torch.float32, attn_implementation="sdpa")
     if case.kind == "rm":
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            checkpoints["reward"], dtype=torch.float32)
-        chosen = random_ids(case.batch, case.seq_len, vocab, seed=2)
-        rejected = random_ids(case.batch, case.seq_len, vocab, seed=3)
+            checkpoints["reward"], **options)
+        model.config.pad_token_id = checkpoints["pad_id"]  # ids never take it: the last pools
+        chosen = random_ids(case.batch, case.seq_len, checkpoints, seed=2)
+        rejected = random_ids(case.batch, case.seq_len, checkpoints, seed=3)
         ids = torch.tensor(np.concatenate([chosen, rejected]), dtype=torch.long)
 
         def loss_fn():
             rewards = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, 0]
-            return -torch.nn.functional.logsigmoid(rewards[:case.batch] - rewards[case.batch:]).mean()
+            margin = rewards[:case.batch] - rewards[case.batch:]
+            return -torch.nn.functional.logsigmoid(margin).mean()
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["policy"],
-                                                                  dtype=torch.float32)
-        ids = torch.tensor(random_ids(case.batch, case.seq_len, vocab, seed=4), dtype=torch.long)
+        model = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["policy"], **options)
+        ids = torch.tensor(random_ids(case.batch, case.seq_len, checkpoints, seed=4),
+                           dtype=torch.long)
         weights = torch.tensor(sft_loss_mask(case)[:, 1:], dtype=torch.float32)
 
         def loss_fn():
@@ -146,14 +164,12 @@ def run_supervised(case: Case, checkpoints: dict, repeats: int, threads: int) ->
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                     ids[:, 1:].reshape(-1), reduction="none")
             return (nll * weights.reshape(-1)).sum() / weights.sum()
-    model.config._attn_implementation = "sdpa"
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    steps = StepCounter(optimizer)
-    runs, first_loss = [], None
+    runs, first_loss, steps_before = [], None, 0
     for i in range(repeats + 1):
         if i == 1:
-            steps.count = 0
+            steps_before = adam_steps(optimizer)
         start = time.perf_counter()
         loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
@@ -164,8 +180,8 @@ def run_supervised(case: Case, checkpoints: dict, repeats: int, threads: int) ->
             runs.append({"step": time.perf_counter() - start})
         else:
             first_loss = float(loss.detach())
-    return {"runs": runs, "optimizer_steps": steps.count / repeats, "peak_rss": peak_rss_bytes(),
-            "first_loss": first_loss}
+    return {"runs": runs, "optimizer_steps": (adam_steps(optimizer) - steps_before) / repeats,
+            "peak_rss": peak_rss_bytes(), "first_loss": first_loss}
 
 
 def run(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:

@@ -7,9 +7,9 @@ token ids and the same hyper-parameters:
 - ``ppo``: one PPO iteration (sample, score, old log-probs + values, reference log-probs,
   update) of ``batch`` prompts of ``prompt_len`` random token ids, each answered with exactly
   ``new_tokens`` sampled tokens (top_k 0, top_p 1, T 1; EOS cannot end a response on either
-  side), ``ppo_epochs`` epoch(s) of minibatches of ``minibatch``; the reward is a constant
-  (``constant``) or a 135M reward model's forward over the decoded prompt + response
-  (``model``);
+  side), ``ppo_epochs`` epoch(s) of minibatches of ``minibatch``. Both sides decode the
+  responses. The reward is a constant (``constant``) or a 135M reward model's forward over the
+  decoded prompt + response, re-tokenised and padded to :func:`reward_width` (``model``);
 - ``rm``: one Bradley–Terry step (forward over chosen + rejected, backward, clipping, AdamW)
   on ``batch`` pairs of ``seq_len`` tokens;
 - ``sft``: one next-token step (masked token-mean NLL, backward, clipping, AdamW) on
@@ -48,8 +48,9 @@ class Case:
     @property
     def name(self) -> str:
         if self.kind == "ppo":
+            epochs = f" {self.ppo_epochs} epochs" if self.ppo_epochs != 1 else ""
             return (f"ppo b{self.batch} mb{self.minibatch} {self.prompt_len}+{self.new_tokens} "
-                    f"{self.reward}")
+                    f"{self.reward}{epochs}")
         return f"{self.kind} {self.batch}×{self.seq_len}"
 
     @property
@@ -62,13 +63,6 @@ class Case:
     @property
     def sampled_tokens(self) -> int:
         return self.batch * self.new_tokens if self.kind == "ppo" else 0
-
-    @property
-    def trained_tokens(self) -> int:
-        """Tokens one forward of the step covers (PPO: prompt + response of every row)."""
-        if self.kind == "ppo":
-            return self.batch * (self.prompt_len + self.new_tokens)
-        return (2 if self.kind == "rm" else 1) * self.batch * self.seq_len
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,18 +86,22 @@ def constant_reward(prompts, responses) -> np.ndarray:
     return np.ones(len(responses), np.float32)
 
 
-def random_ids(rows: int, width: int, vocab: int, seed: int) -> np.ndarray:
-    """Token ids drawn uniformly from ``[3, vocab)`` (past the usual special ids)."""
-    return np.random.default_rng(seed).integers(3, vocab, (rows, width)).astype(np.int32)
+def random_ids(rows: int, width: int, checkpoints: dict, seed: int) -> np.ndarray:
+    """Token ids drawn uniformly from ``[first_id, vocab)``: past every special id and the pad
+    id (so that no text loses a token on decoding, and HF's pooling finds the last position)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(checkpoints["first_id"], checkpoints["vocab_size"],
+                        (rows, width)).astype(np.int32)
 
 
-def prompt_ids(case: Case, vocab: int) -> np.ndarray:
-    return random_ids(case.batch, case.prompt_len, vocab, seed=1)
+def prompt_ids(case: Case, checkpoints: dict) -> np.ndarray:
+    return random_ids(case.batch, case.prompt_len, checkpoints, seed=1)
 
 
 def reward_width(case: Case) -> int:
-    """The reward model's input width: prompt + response re-tokenised, with some slack."""
-    return -(-(case.prompt_len + case.new_tokens + 16) // 64) * 64
+    """The reward model's input width on both sides: prompt + response re-tokenised (SmolLM2:
+    196–209 tokens for 64 + 128 random ids) with 32 tokens of slack, rounded up to 64."""
+    return -(-(case.prompt_len + case.new_tokens + 32) // 64) * 64
 
 
 def prepare_checkpoints(model_name: str, directory: str) -> dict:
@@ -143,7 +141,11 @@ def prepare_checkpoints(model_name: str, directory: str) -> dict:
     rm_spec = ml_collections.ConfigDict(dict(spec, init=policy, overrides={}))
     rm, rm_params = scalar_model(rm_spec, jax.random.key(1))
     save_scalar_model(rm, rm_params, reward, tokenizer)
-    return {"policy": policy, "reward": reward, "vocab_size": int(model.config.vocab_size)}
+    special = [*tokenizer.all_special_ids, tokenizer.pad_token_id, model.config.pad_token_id]
+    return {"policy": policy, "reward": reward, "vocab_size": int(model.config.vocab_size),
+            "first_id": 1 + max(int(i) for i in special if i is not None),
+            "pad_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                          else tokenizer.eos_token_id)}
 
 
 def sft_loss_mask(case: Case) -> np.ndarray:
