@@ -102,10 +102,11 @@ def table(rows: list, models: list, stages: list, slices: list) -> str:
             if not measured:
                 continue
             fitting = sorted((r["chips"], r["slice"]) for r in measured if r["fits"])
-            smallest = fitting[0][1] if fitting else "none measured"
             missing = [s for s in slices if (model, stage, s) not in index]
+            smallest = fitting[0][1] if fitting else "none of these slices"
+            label = "smallest measured that fits" if missing else "smallest that fits"
             note = f" (not measured: {', '.join(missing)})" if missing else ""
-            lines.append(f"| {model} | {stage} | smallest measured that fits: {smallest}{note} | | | | | | |")
+            lines.append(f"| {model} | {stage} | {label}: {smallest}{note} | | | | | | |")
     return "\n".join(lines)
 
 
