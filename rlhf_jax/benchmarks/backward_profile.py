@@ -106,6 +106,7 @@ def top_thunks(fn, arg, top: int) -> list:
     """``[(seconds, calls, name)]`` of one traced call, longest first (``jax.profiler``'s
     Perfetto trace, complete events summed by name; enclosing executor spans left out)."""
     import jax
+    jax.block_until_ready(fn(arg))  # compiled before the trace starts
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             jax.block_until_ready(fn(arg))
