@@ -3,7 +3,6 @@ the phases here compile for this host's CPU)."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from rlhf_jax import sharding
@@ -52,4 +51,3 @@ def test_stop_at_first_miss_skips_later_phases_and_only_then(mesh):
     # a fitting first phase lets the rest compile
     assert all(p.compiled for p in compile_phases([small_phase(mesh), small_phase(mesh, "b")],
                                                   chip=TINY, stop_at_first_miss=True))
-    np.testing.assert_equal(stopped[1].flops, 256 * 256)

@@ -28,9 +28,7 @@ import collections
 import glob
 import gzip
 import json
-import statistics
 import tempfile
-import time
 
 PARTS = ("full", "trunk", "head")
 
@@ -92,14 +90,13 @@ def losses(batch: int, prompt_len: int, response_len: int, preset: str = "llama-
 
 
 def median_seconds(fn, arg, repeats: int) -> float:
+    """Median seconds of ``fn(arg)`` after a warm-up call (:func:`decode.median_seconds`)."""
     import jax
-    jax.block_until_ready(fn(arg))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(arg))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    from rlhf_jax.benchmarks.decode import median_seconds as median_of
+    run = lambda: jax.block_until_ready(fn(arg))  # noqa: E731
+    run()
+    return median_of(run, repeats)
 
 
 def top_thunks(fn, arg, top: int) -> list:

@@ -19,8 +19,9 @@ needed), and prints one table:
 The verdict compares each phase's peak with the chip's usable HBM; the command exits 1 when
 a phase does not fit. A phase whose arguments plus resident bytes already exceed usable HBM
 is not compiled (a program's peak holds its arguments): its row gives that floor, "≥ X", and
-``--stop-at-first-miss`` treats every phase after the first that does not fit the same way. Batch sizes are per process, as the stages read them: a slice with
-``h`` hosts trains on ``h ×`` the configured batch.
+``--stop-at-first-miss`` treats every phase after the first that does not fit the same way.
+Batch sizes are per process, as the stages read them: a slice with ``h`` hosts trains on
+``h ×`` the configured batch.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from rlhf_jax.config import ConfigError
 from rlhf_jax.fit.chips import CHIPS, GIB, SLICES, Chip, topology_devices
 from rlhf_jax.fit.counting import (decoder_forward_flops, matmul_params, shard_bytes,
                                    train_flops)
-from rlhf_jax.fit.phases import (Phase, _hosts, abstract, compile_phase, compile_phases,
+from rlhf_jax.fit.phases import (Phase, _hosts, abstract, compile_phase, compile_phases, fits,
                                  out_of_memory_bytes)
 from rlhf_jax.fit.stages import fit_ppo, fit_reward_model, fit_sft
 
@@ -72,7 +73,7 @@ class Report:
 
     @property
     def fits(self) -> bool:
-        return all(p.total_bytes <= self.chip.usable_gib * GIB for p in self.phases)
+        return all(fits(p, self.chip) for p in self.phases)
 
     @property
     def exact(self) -> bool:
@@ -89,9 +90,9 @@ class Report:
                 f"GiB/chip), mesh data={self.mesh['data']} fsdp={self.mesh['fsdp']} "
                 f"tensor={self.mesh['tensor']}")
         rows = ["| phase | peak GiB/chip | of which resident | donated GiB/chip | FLOPs/step | "
-                "roofline s/step | fits | compile s | shapes |", "|---|---|---|---|---|---|---|---|---|"]
+                "roofline s/step | fits | compile s | shapes |", "|" + "---|" * 9]
         for p in self.phases:
-            ok = p.total_bytes <= self.chip.usable_gib * GIB
+            ok = fits(p, self.chip)
             peak = _gib(p.total_bytes) if p.compiled else f"≥ {_gib(p.total_bytes)}"
             rows.append(f"| {p.name} | {peak} | {_gib(p.resident_bytes)} | "
                         f"{_gib(p.alias_bytes)} | {p.flops:.3g} | {p.roofline_s:.3g} | "
@@ -132,5 +133,5 @@ def fit(config, slice_name: str, *, mesh: Optional[Sequence[int]] = None,
 
 
 __all__ = ["CHIPS", "SLICES", "Chip", "Phase", "Report", "STAGES", "abstract", "compile_phase",
-           "compile_phases", "decoder_forward_flops", "fit", "matmul_params", "out_of_memory_bytes", "shard_bytes",
-           "stages_of", "topology_devices", "train_flops"]
+           "compile_phases", "decoder_forward_flops", "fit", "fits", "matmul_params",
+           "out_of_memory_bytes", "shard_bytes", "stages_of", "topology_devices", "train_flops"]

@@ -36,11 +36,11 @@ class Phase:
 
 def compile_phase(name: str, fn: Callable, args: Sequence, *, mesh, flops: float, chip: Chip,
                   num_chips: int, read_bytes: float = 0.0, resident_bytes: int = 0,
-                  note: str = "", rules=sharding.DEFAULT_RULES, compile: bool = True) -> Phase:
+                  note: str = "", rules=sharding.DEFAULT_RULES, try_compile: bool = True) -> Phase:
     """``fn`` (jitted) lowered on abstract ``args`` under ``mesh`` (and logical ``rules``) and
     compiled for its devices.
 
-    Not compiled when ``compile`` is false, or when its arguments plus ``resident_bytes``
+    Not compiled when ``try_compile`` is false, or when its arguments plus ``resident_bytes``
     already exceed the chip's usable HBM: a program's peak holds its arguments, so the verdict
     is certain and the compile (minutes for a 70B sampler) is skipped. Such a phase reports
     that floor (``compiled=False``), which the tables print as "≥".
@@ -49,8 +49,8 @@ def compile_phase(name: str, fn: Callable, args: Sequence, *, mesh, flops: float
                    read_bytes / chip.hbm_bytes_per_s if read_bytes else 0.0)
     arguments = shard_bytes(args)
     floor = arguments + int(resident_bytes)
-    if not compile or floor > chip.usable_gib * GIB:
-        why = ("an earlier phase does not fit" if not compile else
+    if not try_compile or floor > chip.usable_gib * GIB:
+        why = ("an earlier phase does not fit" if not try_compile else
                f"its arguments ({arguments / GIB:.2f} GiB) and what stays resident "
                f"({resident_bytes / GIB:.2f} GiB) exceed usable HBM")
         return Phase(name=name, peak_bytes=arguments, resident_bytes=int(resident_bytes),
@@ -78,6 +78,7 @@ def compile_phase(name: str, fn: Callable, args: Sequence, *, mesh, flops: float
 
 
 def fits(phase: Phase, chip: Chip) -> bool:
+    """The phase's peak plus resident bytes are within the chip's usable HBM."""
     return phase.total_bytes <= chip.usable_gib * GIB
 
 
@@ -87,7 +88,7 @@ def compile_phases(plan: Sequence[dict], *, chip: Chip, stop_at_first_miss: bool
     out = []
     for kwargs in plan:
         missed = stop_at_first_miss and any(not fits(p, chip) for p in out)
-        out.append(compile_phase(**kwargs, chip=chip, compile=not missed))
+        out.append(compile_phase(**kwargs, chip=chip, try_compile=not missed))
     return out
 
 
