@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from rlhf_jax.kernels.panel_matmul import pack_panels
 from rlhf_jax.models.config import DecoderConfig
 from rlhf_jax.models.layers import (CPU_PANELS, XLA, Block, Norm, _constrain, _weight, check_kernels,
-                                    linear, rope_table)
+                                    linear, matmul_transposed, rope_table)
 
 
 @flax.struct.dataclass
@@ -244,7 +244,9 @@ class CausalLM(nn.Module):
     def logits(self, hidden_bte):
         """LM head on hidden states; tied heads reuse the token embedding."""
         if self.config.tie_word_embeddings:
-            logits = self.model.embed_tokens.attend(hidden_bte)
+            table = self.model.embed_tokens.embedding
+            logits = matmul_transposed(hidden_bte.astype(self.config.compute_dtype),
+                                       table.astype(self.config.compute_dtype))
         else:
             logits = self.lm_head(hidden_bte)
         return _constrain(logits, ("batch", "length", "act_vocab"))
