@@ -273,3 +273,19 @@ def test_greedy_tokens_is_argmax_with_first_index_on_ties():
     logits[5] = 7.0  # a whole row tied
     np.testing.assert_array_equal(np.asarray(greedy_tokens(jnp.asarray(logits))),
                                   np.argmax(logits, axis=-1))
+
+
+def test_sampled_tokens_are_jax_categorical_draws():
+    """``_choose`` draws exactly ``jax.random.categorical``'s tokens for the same key (Gumbel-max
+    with a cheaper argmax), on rows with filtered (−inf) entries and ties included."""
+    from rlhf_jax.generate import _choose
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 301)).astype(np.float32) * 2
+    logits[1, 50:] = -np.inf                      # a top-k style filtered row
+    logits[2, :] = 0.5                            # all equal
+    logits[3, ::7] = 9.0                          # many ties at the top
+    logits = jnp.asarray(logits)
+    choose = jax.jit(lambda x, k: _choose(x, k, False))
+    for key in jax.random.split(jax.random.key(3), 50):
+        ref = jax.random.categorical(key, logits, axis=-1)
+        np.testing.assert_array_equal(np.asarray(choose(logits, key)), np.asarray(ref))

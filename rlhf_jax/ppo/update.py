@@ -49,7 +49,10 @@ stay as they were (as if the minibatch had not been drawn)."""
 
 def ppo_loss(params, mb, *, policy_model, value_model, cfg, rngs=None):
     """``pg + vf_coef·vf − entropy_coef·H`` on one minibatch, with diagnostics (``rngs``: the
-    policy's dropout keys, LoRA's adapter dropout)."""
+    policy's dropout keys, LoRA's adapter dropout). With ``entropy_coef = 0`` (TRL's loss has no
+    entropy term) ``H`` is a logged statistic: its gradient is not formed, which saves a
+    backward pass over the ``[b, T, vocab]`` softmax (~2.5 s of 21 on SmolLM2-135M at 16 × 192
+    tokens on 2 CPU cores)."""
     p = cfg.ppo
     shared = value_model is None
     logprobs, values, entropy = rollout.policy_outputs(
@@ -58,6 +61,8 @@ def ppo_loss(params, mb, *, policy_model, value_model, cfg, rngs=None):
     if not shared:
         values = rollout.scalar_values(value_model, params["value"], mb["prompt_ids"],
                                        mb["prompt_mask"], mb["response_ids"], mb["mask"])
+    if not p.entropy_coef:  # logged only: no backward through the [b, T, vocab] softmax
+        entropy = jax.lax.stop_gradient(entropy)
     mask = mb["mask"].astype(jnp.float32)
     pg, clip_frac, approx_kl = algo.policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask,
                                                 p.clip_range)
