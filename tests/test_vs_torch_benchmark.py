@@ -3,6 +3,7 @@ the same sampled tokens, the same optimizer steps, and (same weights, same batch
 first supervised loss."""
 
 import importlib.util
+import json
 
 import pytest
 
@@ -50,3 +51,24 @@ def test_tables_give_each_phase_and_the_ratio(records):
     text = report.tables(records[0])
     assert "speed-up (TRL s / ours s)" in text and "old log-probs + values s" in text
     assert "rm 2×16" in text and "sft 2×16" in text
+
+
+def test_bfloat16_compute_on_both_stacks(records, tmp_path):
+    """``--dtype bfloat16`` (the GPU script's second run) on CPU: both sides run every case in
+    bfloat16 with float32 master weights. The first supervised losses agree to bfloat16's
+    precision (rel 2e-2) and differ from each side's float32 loss (so the dtype took effect)."""
+    float32 = {(Case(**r["case"]).name, r["stack"]): r for r in records[0]}
+    cases = [Case("ppo", 4, 4, prompt_len=8, new_tokens=8), Case("rm", 2, seq_len=16),
+             Case("sft", 2, seq_len=16)]
+    args = parse_args(["--model", "tiny", "--rounds", "1", "--repeats", "1", "--threads", "1",
+                       "--dtype", "bfloat16", "--json", str(tmp_path / "bf16.json")])
+    got = {(Case(**r["case"]).name, r["stack"]): r for r in run_cases(cases, args)}
+    assert json.loads((tmp_path / "bf16.json").read_text())["dtype"] == "bfloat16"
+    for case in cases:
+        ours, torch = got[(case.name, "ours")], got[(case.name, "torch")]
+        assert ours["optimizer_steps"] == torch["optimizer_steps"] == case.optimizer_steps
+        if case.kind != "ppo":
+            assert ours["first_loss"] == pytest.approx(torch["first_loss"], rel=2e-2), (ours, torch)
+            for side in ("ours", "torch"):
+                assert got[(case.name, side)]["first_loss"] != float32[(case.name, side)][
+                    "first_loss"], (side, case.name)

@@ -5,8 +5,12 @@ one after the other, in an order that alternates from case to case and round to 
 worker times one warm-up iteration (compilation, allocator) and then ``--repeats`` iterations
 and reports their median; a figure in the tables is the median over rounds of those medians,
 with the range over rounds. ``--json`` is rewritten with every worker's result as each finishes.
-Both stacks run on this machine's CPU (``JAX_PLATFORMS=cpu``, no CUDA device for torch), on the
-first ``--threads`` cores (``sched_setaffinity``; torch also gets that many threads).
+By default both stacks run on this machine's CPU (``JAX_PLATFORMS=cpu``, no CUDA device for
+torch), on the first ``--threads`` cores (``sched_setaffinity``; torch also gets that many
+threads). ``--platform cuda`` runs both on the first GPU instead (jax[cuda], a CUDA torch), and
+``--dtype bfloat16`` computes in bfloat16 on both sides with float32 master weights (ours: the
+models' ``dtype``; torch: ``autocast``, TRL through accelerate's ``mixed_precision="bf16"``).
+``launch/bench_gpu.sh`` is the GPU run.
 
 Run (on a quiet machine; the ``bench`` extra brings TRL 0.11.4)::
 
@@ -28,6 +32,8 @@ from rlhf_jax.benchmarks.vs_torch import report
 from rlhf_jax.benchmarks.vs_torch.work import GROUPS, Case, num_cores
 
 STACKS = ("ours", "torch")
+PLATFORMS = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="cores for both stacks (default: all this process may use)")
+    parser.add_argument("--platform", choices=PLATFORMS, default="cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="compute dtype of both stacks (master weights stay float32)")
     parser.add_argument("--json", default=None, help="where every worker's result is kept")
     parser.add_argument("--worker", choices=("prepare", *STACKS), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -64,10 +73,11 @@ def worker_main(args) -> None:
         case, checkpoints = Case(**json.loads(args.case)), json.loads(args.checkpoints)
         if args.worker == "ours":
             from rlhf_jax.benchmarks.vs_torch import ours
-            result = ours.run(case, checkpoints, args.repeats)
+            result = ours.run(case, checkpoints, args.repeats, args.dtype)
         else:
             from rlhf_jax.benchmarks.vs_torch import torch_side
-            result = torch_side.run(case, checkpoints, args.repeats, args.threads)
+            result = torch_side.run(case, checkpoints, args.repeats, args.threads,
+                                    "cuda" if args.platform == "cuda" else "cpu", args.dtype)
     with open(args.out, "w") as f:
         json.dump(result, f)
 
@@ -76,15 +86,23 @@ def run_worker(worker: str, args, *, case: Optional[Case] = None, checkpoints=No
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, "-m", "rlhf_jax.benchmarks.vs_torch", "--worker", worker,
                "--model", args.model, "--repeats", str(args.repeats), "--threads",
-               str(args.threads), "--out", out.name,
+               str(args.threads), "--platform", args.platform, "--dtype", args.dtype,
+               "--out", out.name,
                "--checkpoints",
                checkpoints if isinstance(checkpoints, str) else json.dumps(checkpoints)]
         if case is not None:
             cmd += ["--case", json.dumps(case.as_dict())]
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+        env = {**os.environ, **platform_env(args.platform)}
         subprocess.run(cmd, check=True, env=env)
         with open(out.name) as f:
             return json.load(f)
+
+
+def platform_env(platform: str) -> dict:
+    """A worker's environment: JAX on ``platform``; torch without a GPU unless it is ``cuda``."""
+    if platform == "cuda":
+        return {"JAX_PLATFORMS": "cuda"}
+    return {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def run_cases(cases: Sequence[Case], args) -> list:
@@ -103,7 +121,8 @@ def run_cases(cases: Sequence[Case], args) -> list:
                     if args.json:
                         with open(args.json, "w") as f:
                             json.dump({"model": args.model, "repeats": args.repeats,
-                                       "threads": args.threads, "records": records}, f, indent=1)
+                                       "threads": args.threads, "platform": args.platform,
+                                       "dtype": args.dtype, "records": records}, f, indent=1)
     return records
 
 

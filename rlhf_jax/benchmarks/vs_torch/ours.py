@@ -8,8 +8,9 @@
 - ``rm`` / ``sft``: :func:`rlhf_jax.stage.supervised_setup` (``rlhf-jax train-rm`` / ``sft``)
   with the stage's loss, on a mesh of this process's devices.
 
-Each returns per-iteration seconds by phase, the work done (tokens, optimizer steps) and the
-process's peak RSS.
+Each returns per-iteration seconds by phase, the work done (tokens, optimizer steps), the
+process's peak RSS and, on a GPU, the device's peak bytes in use. ``dtype`` is the compute
+dtype of every model (parameters stay float32: ``config.model.dtype``, ``config.reward.dtype``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def optimizer_count(opt_state) -> int:
     return max(int(np.asarray(value)) for _, value in counts)
 
 
-def ppo_config(case: Case, checkpoints: dict):
+def ppo_config(case: Case, checkpoints: dict, dtype: str = "float32"):
     from rlhf_jax.defaults import ppo_config as base
     config = base("synthetic", init=checkpoints["policy"])
+    config.model.dtype = config.reward.dtype = dtype
     config.data.tokenizer = checkpoints["policy"]
     # the trainer's own prompt set is built (and then replaced): it keeps prompts shorter than this
     config.data.max_prompt_length = case.prompt_len + 1
@@ -56,9 +58,16 @@ def ppo_config(case: Case, checkpoints: dict):
     return config
 
 
-def run_ppo(case: Case, checkpoints: dict, repeats: int) -> dict:
+def device_peak_bytes() -> int:
+    """The first device's peak bytes in use (0 where the backend keeps no statistics: CPU)."""
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("peak_bytes_in_use", 0))
+
+
+def run_ppo(case: Case, checkpoints: dict, repeats: int, dtype: str = "float32") -> dict:
     from rlhf_jax.ppo.trainer import PPOTrainer
-    config = ppo_config(case, checkpoints)
+    config = ppo_config(case, checkpoints, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = PPOTrainer(config, tmp)
         trainer.eos_id = -1  # before build(): the sampler and the cut never see an EOS
@@ -81,10 +90,11 @@ def run_ppo(case: Case, checkpoints: dict, repeats: int) -> dict:
                     "iteration": wall,
                     "sampled_tokens": round(metrics["env/response_length"] * case.batch)})
         steps = (optimizer_count(state.opt_state) - steps_before) / repeats
-    return {"runs": runs, "optimizer_steps": steps, "peak_rss": peak_rss_bytes()}
+    return {"runs": runs, "optimizer_steps": steps, "peak_rss": peak_rss_bytes(),
+            "peak_device": device_peak_bytes()}
 
 
-def run_supervised(case: Case, checkpoints: dict, repeats: int) -> dict:
+def run_supervised(case: Case, checkpoints: dict, repeats: int, dtype: str = "float32") -> dict:
     import jax
 
     from rlhf_jax import defaults, sharding
@@ -95,6 +105,7 @@ def run_supervised(case: Case, checkpoints: dict, repeats: int) -> dict:
     if case.kind == "rm":
         from rlhf_jax.reward.train import reward_loss_for
         config = defaults.reward_model_config("synthetic", init=checkpoints["reward"])
+        config.model.dtype = dtype
         section = config.rm
         model, params = scalar_model(config.model, jax.random.key(0))
         loss_fn = reward_loss_for(section)
@@ -107,6 +118,7 @@ def run_supervised(case: Case, checkpoints: dict, repeats: int) -> dict:
     else:
         from rlhf_jax.sft import response_nll
         config = defaults.sft_config("synthetic", init=checkpoints["policy"])
+        config.model.dtype = dtype
         section = config.sft
         model, params = causal_lm(config.model, jax.random.key(0))
         loss_fn = response_nll
@@ -129,10 +141,10 @@ def run_supervised(case: Case, checkpoints: dict, repeats: int) -> dict:
             first_loss = float(metrics["loss"])
     steps = (optimizer_count(state.opt_state) - steps_before) / repeats
     return {"runs": runs, "optimizer_steps": steps, "peak_rss": peak_rss_bytes(),
-            "first_loss": first_loss}
+            "peak_device": device_peak_bytes(), "first_loss": first_loss}
 
 
-def run(case: Case, checkpoints: dict, repeats: int) -> dict:
+def run(case: Case, checkpoints: dict, repeats: int, dtype: str = "float32") -> dict:
     from rlhf_jax.xla_cpu import tune_cpu_flags
     tune_cpu_flags()
-    return (run_ppo if case.kind == "ppo" else run_supervised)(case, checkpoints, repeats)
+    return (run_ppo if case.kind == "ppo" else run_supervised)(case, checkpoints, repeats, dtype)

@@ -36,9 +36,20 @@ def by_case(records: list) -> dict:
     return out
 
 
+def on_device(cases: dict) -> bool:
+    """Whether the records hold a device's peak memory (a GPU run)."""
+    return any(r.get("peak_device", 0) > 0 for _, stacks in cases.values()
+               for recs in stacks.values() for r in recs)
+
+
+def device_gb(recs: list) -> str:
+    return spread([r.get("peak_device", 0) / 1e9 for r in recs])
+
+
 def ppo_table(cases: dict) -> str:
-    header = ("case", "stack", *PPO_HEADER, "sampled tokens/s", "peak RSS GB", "optimizer steps",
-              "sampled tokens")
+    gpu = on_device(cases)
+    header = ("case", "stack", *PPO_HEADER, "sampled tokens/s", "peak RSS GB",
+              *(("peak device GB",) if gpu else ()), "optimizer steps", "sampled tokens")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, (case, stacks) in cases.items():
         if case.kind != "ppo":
@@ -53,12 +64,13 @@ def ppo_table(cases: dict) -> str:
             rss = spread([r["peak_rss"] / 1e9 for r in recs])
             steps = spread([r["optimizer_steps"] for r in recs], 0)
             tokens = spread([per_process(r, "sampled_tokens") for r in recs], 0)
+            device = f" {device_gb(recs)} |" if gpu else ""
             lines.append(f"| {name} | {LABELS[stack]} | " + " | ".join(cells)
-                         + f" | {rate} | {rss} | {steps} | {tokens} |")
+                         + f" | {rate} | {rss} |{device} {steps} | {tokens} |")
         if "ours" in stacks and "torch" in stacks:
             ratios = [spread(ratio_by_round(stacks, k)) + "×" for k in PPO_PHASES]
             lines.append(f"| {name} | speed-up (TRL s / ours s) | " + " | ".join(ratios)
-                         + " | | | | |")
+                         + " |" * (5 if gpu else 4) + " |")
     return "\n".join(lines)
 
 
@@ -69,9 +81,11 @@ def ratio_by_round(stacks: dict, key: str) -> list:
 
 
 def step_table(cases: dict) -> str:
+    gpu = on_device(cases)
     header = ("case", "rlhf_jax s/step", "PyTorch s/step", "speed-up (PyTorch s / ours s)",
-              "rlhf_jax peak RSS GB", "PyTorch peak RSS GB", "first loss: ours / PyTorch",
-              "optimizer steps: ours / PyTorch")
+              "rlhf_jax peak RSS GB", "PyTorch peak RSS GB",
+              *(("rlhf_jax / PyTorch peak device GB",) if gpu else ()),
+              "first loss: ours / PyTorch", "optimizer steps: ours / PyTorch")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, (case, stacks) in cases.items():
         if case.kind == "ppo" or "ours" not in stacks or "torch" not in stacks:
@@ -83,7 +97,8 @@ def step_table(cases: dict) -> str:
             f"{spread(ratio_by_round(stacks, 'step'))}× | "
             f"{spread([r['peak_rss'] / 1e9 for r in ours])} | "
             f"{spread([r['peak_rss'] / 1e9 for r in torch])} | "
-            f"{ours[0]['first_loss']:.5f} / {torch[0]['first_loss']:.5f} | "
+            + (f"{device_gb(ours)} / {device_gb(torch)} | " if gpu else "")
+            + f"{ours[0]['first_loss']:.5f} / {torch[0]['first_loss']:.5f} | "
             f"{ours[0]['optimizer_steps']:.0f} / {torch[0]['optimizer_steps']:.0f} |")
     return "\n".join(lines)
 
@@ -110,6 +125,7 @@ def environment(args) -> str:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return (f"commit {commit}; jax {jax.__version__}, torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, trl {trl.__version__}; model {args.model} (float32); "
+            f"{transformers.__version__}, trl {trl.__version__}; model {args.model} (float32 "
+            f"weights, {args.dtype} compute) on {args.platform}; "
             f"{args.threads} cores for each stack; {args.rounds} round(s) × (1 warm-up + {args.repeats} "
             f"timed iterations) per process\n")

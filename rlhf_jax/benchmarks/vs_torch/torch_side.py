@@ -16,6 +16,10 @@
 - ``sft``: ``LlamaForCausalLM`` from ``policy/``, the masked token-mean NLL, the same clipping
   and optimizer.
 
+``device`` is ``cpu`` or ``cuda`` (models and inputs moved there; each timed phase ends with
+``torch.cuda.synchronize``); ``dtype="bfloat16"`` runs every forward under ``torch.autocast``
+(TRL: accelerate's ``mixed_precision="bf16"``), with float32 weights as ours.
+
 Where the stacks' own designs differ, each does its own work: TRL's forward passes run the LM
 head and its log-softmax over every prompt and response position and keep the logits for the
 entropy, ours only over the response positions; TRL forwards in chunks of ``mini_batch_size``
@@ -39,6 +43,23 @@ def _torch(threads: int):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     return torch
+
+
+def _sync(torch, device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _autocast(torch, device: str, dtype: str):
+    """``torch.autocast`` to bfloat16 on ``device``, or a no-op context for float32."""
+    import contextlib
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+
+def device_peak_bytes(torch, device: str) -> int:
+    return int(torch.cuda.max_memory_allocated()) if device == "cuda" else 0
 
 
 def _tokenizer(path: str):
@@ -72,7 +93,8 @@ def adam_steps(optimizer) -> int:
     return 0
 
 
-def run_ppo(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
+def run_ppo(case: Case, checkpoints: dict, repeats: int, threads: int, device: str = "cpu",
+            dtype: str = "float32") -> dict:
     torch = _torch(threads)
     import trl
     from transformers import AutoModelForSequenceClassification
@@ -84,6 +106,8 @@ def run_ppo(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
     tokenizer = _tokenizer(checkpoints["policy"])
     config = PPOConfig(learning_rate=LR, batch_size=case.batch, mini_batch_size=case.minibatch,
                        ppo_epochs=case.ppo_epochs, gradient_accumulation_steps=1, seed=0,
+                       accelerator_kwargs={"mixed_precision": "bf16" if dtype == "bfloat16"
+                                           else "no", "cpu": device == "cpu"},
                        **{trl_key: value for trl_key, value in PPO_SETTINGS.values()})
 
     def load():
@@ -98,29 +122,33 @@ def run_ppo(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if case.reward == "model":
         reward_model = AutoModelForSequenceClassification.from_pretrained(
-            checkpoints["reward"], dtype=torch.float32).eval()
+            checkpoints["reward"], dtype=torch.float32).eval().to(device)
         reward_model.config.pad_token_id = tokenizer.pad_token_id
     runs, steps_before = [], 0
     for i in range(repeats + 1):  # the first is the warm-up
         if i == 1:
             steps_before = adam_steps(trainer.optimizer.optimizer)
+        _sync(torch, device)
         start = time.perf_counter()
         responses = trainer.generate(queries, return_prompt=False, batch_size=case.batch,
                                      **generation)
+        _sync(torch, device)
         generated = time.perf_counter()
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         if case.reward == "model":
             prompts = tokenizer.batch_decode(queries, skip_special_tokens=True)
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(torch, device, dtype):
                 inputs = tokenizer([p + r for p, r in zip(prompts, texts)], return_tensors="pt",
                                    padding="max_length", truncation=True,
-                                   max_length=reward_width(case))
+                                   max_length=reward_width(case)).to(device)
                 scores = list(reward_model(**inputs).logits[:, 0].float())
+                _sync(torch, device)
         else:
             scores = [torch.tensor(1.0) for _ in texts]
         scored = time.perf_counter()
         forwards.calls.clear()
         trainer.step(queries, responses, scores)
+        _sync(torch, device)
         done = time.perf_counter()
         if len(forwards.calls) != 2 + case.optimizer_steps:
             raise RuntimeError(f"TRL's step made {len(forwards.calls)} forward passes; expected "
@@ -133,10 +161,12 @@ def run_ppo(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
                          "iteration": done - start,
                          "sampled_tokens": int(sum(len(r) for r in responses))})
     steps = (adam_steps(trainer.optimizer.optimizer) - steps_before) / repeats
-    return {"runs": runs, "optimizer_steps": steps, "peak_rss": peak_rss_bytes()}
+    return {"runs": runs, "optimizer_steps": steps, "peak_rss": peak_rss_bytes(),
+            "peak_device": device_peak_bytes(torch, device)}
 
 
-def run_supervised(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
+def run_supervised(case: Case, checkpoints: dict, repeats: int, threads: int, device: str = "cpu",
+                   dtype: str = "float32") -> dict:
     torch = _torch(threads)
     import transformers
 
@@ -147,7 +177,7 @@ def run_supervised(case: Case, checkpoints: dict, repeats: int, threads: int) ->
         model.config.pad_token_id = checkpoints["pad_id"]  # ids never take it: the last pools
         chosen = random_ids(case.batch, case.seq_len, checkpoints, seed=2)
         rejected = random_ids(case.batch, case.seq_len, checkpoints, seed=3)
-        ids = torch.tensor(np.concatenate([chosen, rejected]), dtype=torch.long)
+        ids = torch.tensor(np.concatenate([chosen, rejected]), dtype=torch.long, device=device)
 
         def loss_fn():
             rewards = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, 0]
@@ -156,33 +186,39 @@ def run_supervised(case: Case, checkpoints: dict, repeats: int, threads: int) ->
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["policy"], **options)
         ids = torch.tensor(random_ids(case.batch, case.seq_len, checkpoints, seed=4),
-                           dtype=torch.long)
-        weights = torch.tensor(sft_loss_mask(case)[:, 1:], dtype=torch.float32)
+                           dtype=torch.long, device=device)
+        weights = torch.tensor(sft_loss_mask(case)[:, 1:], dtype=torch.float32, device=device)
 
         def loss_fn():
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1]
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                     ids[:, 1:].reshape(-1), reduction="none")
             return (nll * weights.reshape(-1)).sum() / weights.sum()
-    model.train()
+    model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     runs, first_loss, steps_before = [], None, 0
     for i in range(repeats + 1):
         if i == 1:
             steps_before = adam_steps(optimizer)
+        _sync(torch, device)
         start = time.perf_counter()
-        loss = loss_fn()
+        with _autocast(torch, device, dtype):
+            loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        _sync(torch, device)
         if i:
             runs.append({"step": time.perf_counter() - start})
         else:
             first_loss = float(loss.detach())
     return {"runs": runs, "optimizer_steps": (adam_steps(optimizer) - steps_before) / repeats,
-            "peak_rss": peak_rss_bytes(), "first_loss": first_loss}
+            "peak_rss": peak_rss_bytes(), "peak_device": device_peak_bytes(torch, device),
+            "first_loss": first_loss}
 
 
-def run(case: Case, checkpoints: dict, repeats: int, threads: int) -> dict:
-    return (run_ppo if case.kind == "ppo" else run_supervised)(case, checkpoints, repeats, threads)
+def run(case: Case, checkpoints: dict, repeats: int, threads: int, device: str = "cpu",
+        dtype: str = "float32") -> dict:
+    runner = run_ppo if case.kind == "ppo" else run_supervised
+    return runner(case, checkpoints, repeats, threads, device, dtype)

@@ -76,9 +76,12 @@ GROUPS = {
     # how cost grows: response length at batch 16, and batch at 128 tokens (minibatch 16 or less)
     "scaling": [Case("ppo", 16, 16, new_tokens=n) for n in (64, 256)]
                + [Case("ppo", b, min(b, 16)) for b in (8, 32)],
+    # a few minutes on one GPU (launch/bench_gpu.sh): the headline PPO cases, RM and SFT
+    "gpu": [Case("ppo", 16, 16), Case("ppo", 16, 16, reward="model"), Case("rm", 8),
+            Case("sft", 8)],
 }
 """``--cases`` names: the issue's PPO iterations, the RM and SFT steps, and the scaling sweep
-(its 16 × 128 point is the first ``ppo`` case)."""
+(its 16 × 128 point is the first ``ppo`` case), and the short set a GPU run takes."""
 
 
 def constant_reward(prompts, responses) -> np.ndarray:
