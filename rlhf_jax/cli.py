@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:  # the command itself (not a caller passing argv): huge pages on CPU hosts
+        from rlhf_jax.xla_cpu import reexec_with_huge_pages
+        reexec_with_huge_pages(sys.argv[1:])
     from rlhf_jax.config import overrides_from_argv
     overrides, rest = overrides_from_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)

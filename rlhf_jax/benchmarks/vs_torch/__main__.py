@@ -10,7 +10,9 @@ torch), on the first ``--threads`` cores (``sched_setaffinity``; torch also gets
 threads). ``--platform cuda`` runs both on the first GPU instead (jax[cuda], a CUDA torch), and
 ``--dtype bfloat16`` computes in bfloat16 on both sides with float32 master weights (ours: the
 models' ``dtype``; torch: ``autocast``, TRL through accelerate's ``mixed_precision="bf16"``).
-``launch/bench_gpu.sh`` is the GPU run.
+``launch/bench_gpu.sh`` is the GPU run. Both stacks' workers get glibc's transparent-huge-page
+tunable (:func:`rlhf_jax.xla_cpu.huge_pages_env`, as the ``rlhf-jax`` command runs) unless
+``--no-huge-pages``.
 
 Run (on a quiet machine; the ``bench`` extra brings TRL 0.11.4)::
 
@@ -30,6 +32,7 @@ from typing import Optional, Sequence
 
 from rlhf_jax.benchmarks.vs_torch import report
 from rlhf_jax.benchmarks.vs_torch.work import GROUPS, Case, num_cores
+from rlhf_jax.xla_cpu import huge_pages_env
 
 STACKS = ("ours", "torch")
 PLATFORMS = ("cpu", "cuda")
@@ -48,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--platform", choices=PLATFORMS, default="cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="compute dtype of both stacks (master weights stay float32)")
+    parser.add_argument("--no-huge-pages", action="store_true",
+                        help="run the workers without glibc's transparent-huge-page tunable")
     parser.add_argument("--json", default=None, help="where every worker's result is kept")
     parser.add_argument("--worker", choices=("prepare", *STACKS), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -93,6 +98,8 @@ def run_worker(worker: str, args, *, case: Optional[Case] = None, checkpoints=No
         if case is not None:
             cmd += ["--case", json.dumps(case.as_dict())]
         env = {**os.environ, **platform_env(args.platform)}
+        if not args.no_huge_pages:  # the same for both stacks: both allocate large buffers
+            env = huge_pages_env(env)
         subprocess.run(cmd, check=True, env=env)
         with open(out.name) as f:
             return json.load(f)
@@ -122,7 +129,8 @@ def run_cases(cases: Sequence[Case], args) -> list:
                         with open(args.json, "w") as f:
                             json.dump({"model": args.model, "repeats": args.repeats,
                                        "threads": args.threads, "platform": args.platform,
-                                       "dtype": args.dtype, "records": records}, f, indent=1)
+                                       "dtype": args.dtype, "huge_pages": not args.no_huge_pages,
+                                       "records": records}, f, indent=1)
     return records
 
 

@@ -126,6 +126,7 @@ def environment(args) -> str:
         commit = "unknown"
     return (f"commit {commit}; jax {jax.__version__}, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, trl {trl.__version__}; model {args.model} (float32 "
-            f"weights, {args.dtype} compute) on {args.platform}; "
+            f"weights, {args.dtype} compute) on {args.platform}; glibc huge pages "
+            f"{'off' if args.no_huge_pages else 'on'} for both; "
             f"{args.threads} cores for each stack; {args.rounds} round(s) × (1 warm-up + {args.repeats} "
             f"timed iterations) per process\n")
