@@ -82,7 +82,7 @@ def worker_main(args) -> None:
         else:
             from rlhf_jax.benchmarks.vs_torch import torch_side
             result = torch_side.run(case, checkpoints, args.repeats, args.threads,
-                                    "cuda" if args.platform == "cuda" else "cpu", args.dtype)
+                                    args.platform, args.dtype)  # torch's device name
     with open(args.out, "w") as f:
         json.dump(result, f)
 
