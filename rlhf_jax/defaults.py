@@ -123,6 +123,12 @@ def prompt_data_from(preference_data: mlc.ConfigDict) -> mlc.ConfigDict:
     return data
 
 
+def checkpoint_spec(keep_latest: int = 2) -> mlc.ConfigDict:
+    """``checkpoint``: how many of the latest checkpoints a stage keeps besides its best one (an
+    unreadable latest one falls back to the one before: keep at least 2)."""
+    return mlc.ConfigDict({"keep_latest": keep_latest})
+
+
 def mesh_spec(data: int = -1, fsdp: int = 1, tensor: int = 1) -> mlc.ConfigDict:
     return mlc.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
 
@@ -160,13 +166,15 @@ def sft_section() -> mlc.ConfigDict:
 def reward_model_config(source: str = "synthetic", init: str = "preset:tiny-llama") -> mlc.ConfigDict:
     """A complete ``rlhf-jax train-rm`` config with defaults."""
     return mlc.ConfigDict({"seed": 0, "model": model_spec(init), "data": preference_data_spec(source),
-                           "rm": reward_model_section(), "mesh": mesh_spec()})
+                           "rm": reward_model_section(), "mesh": mesh_spec(),
+                           "checkpoint": checkpoint_spec()})
 
 
 def sft_config(source: str = "synthetic", init: str = "preset:tiny-llama") -> mlc.ConfigDict:
     """A complete ``rlhf-jax sft`` config with defaults."""
     return mlc.ConfigDict({"seed": 0, "model": model_spec(init), "data": sft_data_spec(source),
-                           "sft": sft_section(), "mesh": mesh_spec()})
+                           "sft": sft_section(), "mesh": mesh_spec(),
+                           "checkpoint": checkpoint_spec()})
 
 
 INTERVENTIONS = tuple(RM_INTERVENTIONS)  # the registry of rlhf_jax.reward.interventions
@@ -227,7 +235,7 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
     """A complete ``rlhf-jax ppo`` config with TRL 0.5's defaults as the paper used them (§2.2, App. A)."""
     return mlc.ConfigDict({
         "seed": 0, "model": model_spec(init), "data": prompt_data_spec(source),
-        "mesh": mesh_spec(),
+        "mesh": mesh_spec(), "checkpoint": checkpoint_spec(),
         "ppo": {
             "steps": 100, "batch_size": 64, "mini_batch_size": 64, "ppo_epochs": 1,
             # TRL 0.5: Adam at a constant lr, no gradient clipping (max_grad_norm ≤ 0 = off)

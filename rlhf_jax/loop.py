@@ -3,9 +3,13 @@
 Host orchestration only. Given a compiled ``step_fn(state, batch) -> (state,
 metrics)`` and a function giving each epoch's batches, :func:`run_training`
 
-- resumes from the latest checkpoint in the workdir (the data position follows
+- resumes from the newest readable checkpoint in the workdir (unreadable ones are set aside:
+  :meth:`rlhf_jax.checkpoint.Checkpoints.restore_latest`), with ``metrics.jsonl`` cut back to
+  that step (:meth:`rlhf_jax.workdir.Workdir.resume_metrics`); the data position follows
   from the step: epoch = step // steps_per_epoch, and each epoch's order depends
-  only on the seed and the epoch);
+  only on the seed and the epoch;
+- on SIGTERM / SIGINT (:mod:`rlhf_jax.preemption`) finishes the step, saves it and raises
+  :class:`~rlhf_jax.preemption.Preempted`;
 - logs scalars every ``log_every`` steps (the only host syncs besides eval);
 - evaluates and checkpoints every ``eval_every`` steps and at the end, ranking
   checkpoints by ``best_metric``;
@@ -24,7 +28,8 @@ import jax
 from tqdm.auto import tqdm
 
 from rlhf_jax import sharding
-from rlhf_jax.checkpoint import Checkpoints
+from rlhf_jax.checkpoint import DEFAULT_KEEP_LATEST, Checkpoints
+from rlhf_jax.preemption import Preempted, PreemptionGuard
 from rlhf_jax.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ class LoopSpec:
     best_metric: str
     best_mode: str = "max"
     desc: str = "train"
+    keep_latest: int = DEFAULT_KEEP_LATEST
 
     @property
     def total_steps(self) -> int:
@@ -51,15 +57,16 @@ def run_training(state, *, step_fn: Callable, epoch_batches: Callable[[int], obj
     """Train to ``spec.total_steps``; return ``(state at the best checkpoint, summary)``."""
     if spec.steps_per_epoch < 1:
         raise ValueError(f"{spec.desc}: fewer training examples than one batch (0 steps per epoch)")
-    ckpt = Checkpoints(workdir.checkpoints, best_metric=spec.best_metric, best_mode=spec.best_mode)
-    start = ckpt.latest_step() or 0
+    ckpt = Checkpoints(workdir.checkpoints, keep_latest=spec.keep_latest,
+                       best_metric=spec.best_metric, best_mode=spec.best_mode)
+    start, state = ckpt.restore_latest(state)
+    workdir.resume_metrics(start)
     if start:
-        state = ckpt.restore(start, state)
         log.info("%s: resumed from step %d of %d", spec.desc, start, spec.total_steps)
     progress = tqdm(total=spec.total_steps, initial=start, desc=spec.desc,
                     disable=jax.process_index() != 0)
     per_example, batches = [], None
-    with sharding.use_mesh(mesh):
+    with sharding.use_mesh(mesh), PreemptionGuard() as guard:
         for step in range(start, spec.total_steps):
             epoch, i = divmod(step, spec.steps_per_epoch)
             if batches is None or i == 0:
@@ -81,10 +88,28 @@ def run_training(state, *, step_fn: Callable, epoch_batches: Callable[[int], obj
                 ckpt.save(step + 1, state, {spec.best_metric: result[spec.best_metric]})
             if i == spec.steps_per_epoch - 1 and on_epoch_end is not None and complete_epoch:
                 on_epoch_end(epoch, sharding.to_host(per_example))
+            if step + 1 < spec.total_steps and guard.should_stop():
+                stop_on_signal(ckpt, step + 1, state, spec.desc, guard, progress)
         progress.close()
-        best, latest = ckpt.best_step(), ckpt.latest_step()
+        latest = ckpt.latest_step()
+        best = ckpt.best_step()
         if best is not None and best != latest:
-            state = ckpt.restore(best, state)
+            best, state = ckpt.restore_best(state)
         final = evaluate(state.params)
     ckpt.close()
-    return state, {"best_step": best, "last_step": latest, "eval": final}
+    summary = {"best_step": best, "last_step": latest, "eval": final}
+    if ckpt.set_aside:
+        summary["checkpoints_set_aside"] = [{"step": s, "why": w} for s, w in ckpt.set_aside]
+    return state, summary
+
+
+def stop_on_signal(ckpt: Checkpoints, step: int, state, desc: str, guard: PreemptionGuard,
+                   progress=None):
+    """Save ``state`` as the checkpoint of ``step`` (committed before returning) and raise
+    :class:`~rlhf_jax.preemption.Preempted`: the stop of every stage on SIGTERM / SIGINT."""
+    if progress is not None:
+        progress.close()
+    ckpt.save(step, state)
+    ckpt.close()
+    log.warning("%s: preempted at step %d; rerun the same command to resume", desc, step)
+    raise Preempted(desc, step, guard.received)

@@ -26,8 +26,8 @@ from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.build import causal_lm
 from rlhf_jax.samples import read_jsonl
-from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, open_stage,
-                            stage_mesh, supervised_setup)
+from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, keep_latest,
+                            open_stage, stage_label, stage_mesh, supervised_setup)
 
 
 def response_nll(params, batch, *, model, rngs=None):
@@ -83,9 +83,10 @@ def eval_step_for(model, steps):
                    in_shardings=(steps.shardings.params, steps.batch_sharding))
 
 
-def train_sft(config, workdir: str) -> dict:
-    """Run (or resume, or return the finished result of) an SFT stage in ``workdir``."""
-    wd, done = open_stage(config, workdir)
+def train_sft(config, workdir: str, *, resume_with_changes: bool = False) -> dict:
+    """Run (or resume, or return the finished result of) an SFT stage in ``workdir``
+    (``resume_with_changes``: see :func:`rlhf_jax.workdir.start_stage`)."""
+    wd, done = open_stage(config, workdir, resume_with_changes=resume_with_changes)
     if done is not None:
         return done
     cfg, mesh = config.sft, stage_mesh(config)
@@ -100,7 +101,8 @@ def train_sft(config, workdir: str) -> dict:
     spec = LoopSpec(steps_per_epoch=pipeline.steps_per_epoch(len(train), cfg.batch_size,
                                                              jax.process_count()),
                     epochs=cfg.epochs, log_every=cfg.log_every, eval_every=cfg.eval_every,
-                    best_metric="loss", best_mode="min", desc="sft")
+                    best_metric="loss", best_mode="min", desc=stage_label("sft", workdir),
+                    keep_latest=keep_latest(config))
     setup = supervised_setup(model, params, tokenizer, cfg, loss_fn=response_nll,
                              total_steps=spec.total_steps, mesh=mesh)
     eval_fn = eval_step_for(model, setup)

@@ -1,7 +1,8 @@
 """What every training stage (SFT, reward model, PPO) shares, so each stage reads as data + loss + loop.
 
 - :func:`open_stage` / :func:`finish_stage`: the workdir contract (``config.json``
-  written on start, ``result.json`` marks done and is returned on rerun);
+  written once and checked on rerun, ``result.json`` marks done and is returned on rerun);
+  :func:`keep_latest`: how many checkpoints it keeps;
 - :func:`stage_mesh`, :func:`experiment_tokenizer` (the synthetic task's own, else
   ``data.tokenizer``, else the checkpoint's: an experiment-level choice that lives
   here because models never import data), :func:`check_vocab`;
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from typing import Callable
 
 import jax
@@ -42,13 +44,25 @@ def check_vocab(tokenizer, model_config, role: str = "model") -> None:
                          "use the checkpoint's own tokenizer")
 
 
-def open_stage(config, workdir: str) -> tuple:
-    """``(workdir, finished result or None)``: a new or resumed stage records its resolved config;
-    a finished one (``result.json``) is returned as it is."""
-    wd, done = start_stage(config, workdir)
-    if done is not None:
-        log.info("%s already finished; delete its result.json to rerun", workdir)
-    return wd, done
+def open_stage(config, workdir: str, *, resume_with_changes: bool = False) -> tuple:
+    """``(workdir, finished result or None)`` under the workdir contract
+    (:func:`rlhf_jax.workdir.start_stage`): a new stage records its resolved config, a rerun
+    with a result-changing difference is refused unless ``resume_with_changes``, and a
+    finished one (``result.json``) is returned as it is."""
+    return start_stage(config, workdir, resume_with_changes=resume_with_changes)
+
+
+def stage_label(stage: str, workdir: str) -> str:
+    """The stage and its workdir's name (``"ppo (ppo_lppo)"``): progress bars and messages of a
+    study's many runs say which one they belong to."""
+    return f"{stage} ({os.path.basename(os.path.abspath(workdir))})"
+
+
+def keep_latest(config) -> int:
+    """How many of the latest checkpoints the stage keeps (``checkpoint.keep_latest``)."""
+    from rlhf_jax.checkpoint import DEFAULT_KEEP_LATEST
+    section = config.get("checkpoint") or {}
+    return int(section.get("keep_latest", DEFAULT_KEEP_LATEST))
 
 
 def stage_mesh(config, devices=None):

@@ -47,6 +47,7 @@ from rlhf_jax.ppo.trainer import train_ppo
 from rlhf_jax.reward.train import train_reward_model
 from rlhf_jax.samples import generate_samples, read_jsonl, score_samples, write_jsonl
 from rlhf_jax.sft import train_sft
+from rlhf_jax.workdir import Workdir, start_stage
 
 log = logging.getLogger(__name__)
 
@@ -111,25 +112,40 @@ def check_judge(config) -> None:
                           f"{config.ppo.data.source} data (an LLM judge: `rlhf-jax evaluate --judge chat`)")
 
 
-def initial_policy(config, workdir: str) -> str:
+def initial_policy(config, workdir: str, resume_with_changes: bool = False) -> str:
     """The SFT stage's export, or ``study.initial_policy`` when the config has no ``sft`` stage."""
     if "sft" in config:
-        train_sft(config.sft, os.path.join(workdir, "sft"))
+        train_sft(config.sft, os.path.join(workdir, "sft"), resume_with_changes=resume_with_changes)
         return os.path.join(workdir, "sft", "export")
     return resolve_init_path(config.study.initial_policy)
 
 
-def run_study(config, workdir: str) -> dict:
-    """Run every stage (resuming finished ones) and return the summary."""
+def run_study(config, workdir: str, *, resume_with_changes: bool = False) -> dict:
+    """Run every stage (resuming finished ones) and return the summary.
+
+    The study's workdir is a contract as each stage's is (:func:`rlhf_jax.workdir.start_stage`):
+    its ``config.json`` holds the whole study config, and a rerun with another one is refused
+    unless ``resume_with_changes``; then the cached samples (made by the old policies or
+    settings) are set aside as ``samples.before-changes`` and drawn again.
+    """
     check_judge(config)
-    os.makedirs(workdir, exist_ok=True)
+    wd, _ = start_stage(config, workdir, resume_with_changes=resume_with_changes)
     stage = lambda name: os.path.join(workdir, name)  # noqa: E731
-    sft_export = initial_policy(config, workdir)
+    if wd.accepted_changes and os.path.isdir(stage("samples")) and wd.is_writer:
+        aside, n = stage("samples.before-changes"), 1
+        while os.path.exists(aside):
+            n += 1
+            aside = stage(f"samples.before-changes-{n}")
+        os.rename(stage("samples"), aside)
+        log.warning("the config changed: cached samples set aside as %s", aside)
+    again = {"resume_with_changes": resume_with_changes}
+    sft_export = initial_policy(config, workdir, resume_with_changes)
     rm_dirs = {"standard": stage("rm")}
-    train_reward_model(config.rm, stage("rm"))
+    train_reward_model(config.rm, stage("rm"), **again)
     if config.study.with_bal:
         rm_dirs["BAL"] = stage("rm_bal")
-        train_reward_model(_stage_config(config, "rm", **{"rm.intervention": "bal"}), stage("rm_bal"))
+        train_reward_model(_stage_config(config, "rm", **{"rm.intervention": "bal"}), stage("rm_bal"),
+                           **again)
     rm_export = os.path.join(stage("rm"), "export")
     exports, curves = {"sft": sft_export}, {}
     for variant in config.ppo_variants:
@@ -138,10 +154,9 @@ def run_study(config, workdir: str) -> dict:
                                                       "reward.append_eos": config.rm.rm.append_eos})
         with ppo_config.unlocked():
             with_ppo_variant(ppo_config, variant, config.ppo.shaping.target_length)
-        train_ppo(ppo_config, stage(f"ppo_{variant}"))
+        train_ppo(ppo_config, stage(f"ppo_{variant}"), **again)
         exports[variant] = os.path.join(stage(f"ppo_{variant}"), "export")
-        curves[variant] = [json.loads(line) for line in
-                           open(os.path.join(stage(f"ppo_{variant}"), "metrics.jsonl"))]
+        curves[variant] = Workdir(stage(f"ppo_{variant}")).read_metrics()
     rm, rm_params = load_scalar_model(rm_export)
     rm_tokenizer = load_tokenizer(rm_export)
     os.makedirs(stage("samples"), exist_ok=True)

@@ -151,6 +151,31 @@ def tokenizer_for(spec_tokenizer: str, model_init: str):
 
 
 
+def check_scalar_export(path: str, role: str = "reward.model") -> str:
+    """``path`` (resolved) if it is a reward-model export (a ``*ForSequenceClassification``
+    directory, as ``rlhf-jax train-rm`` writes); else :class:`CheckpointError` naming ``role``,
+    the path and what was found there (a preset, a GGUF file, an LM such as an SFT export)."""
+    path = resolve_init_path(path)
+    expected = ("expected a reward-model export: the export/ directory of `rlhf-jax train-rm`, "
+                "a *ForSequenceClassification config.json with tensors score.weight and score.bias")
+    if path.startswith("preset:"):
+        raise CheckpointError(f"{role} = {path!r}: a preset is an untrained language model; "
+                              f"{expected}")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{role} = {path!r}: no such directory; {expected}")
+    if os.path.isfile(path):
+        raise CheckpointError(f"{role} = {path!r}: a file (a GGUF or weights file is a language "
+                              f"model); {expected}")
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        raise CheckpointError(f"{role} = {path!r}: no {CONFIG_FILE} in this directory; {expected}")
+    if not is_scalar_export(path):
+        architectures = read_config(path).get("architectures") or []
+        raise CheckpointError(
+            f"{role} = {path!r}: its {CONFIG_FILE} says architectures {architectures} (a language "
+            f"model, e.g. an SFT or PPO export, with no trained scalar head); {expected}")
+    return path
+
+
 def is_scalar_export(path: str) -> bool:
     if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
         return False
@@ -180,8 +205,10 @@ def save_scalar_model(model: ScalarModel, params, path: str, tokenizer=None) -> 
 
 
 def load_scalar_model(path: str, readout: str = "last") -> tuple:
-    """``(ScalarModel, params)`` from a directory written by :func:`save_scalar_model`."""
+    """``(ScalarModel, params)`` from a directory written by :func:`save_scalar_model` (anything
+    else is refused: :func:`check_scalar_export`)."""
     from rlhf_jax.models.hf import TensorSource, params_from_tensors
+    path = check_scalar_export(path, role="reward model")
     hf = read_config(path)
     cfg = config_from_hf(hf, os.path.join(path, CONFIG_FILE))
     source = open_safetensors(path)

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from rlhf_jax.config import ConfigError
-from rlhf_jax.models.build import scalar_model, tokenizer_for
+from rlhf_jax.models.build import check_scalar_export, scalar_model, tokenizer_for
 from rlhf_jax.reward.scoring import RewardScorer
 
 REWARD_KINDS = ("model", "length_only", "function")
@@ -69,6 +69,7 @@ class Rewards:
                          else None)
         self.scorer = None
         if reward_cfg.model:
+            check_scalar_export(reward_cfg.model, role="config key 'reward.model'")
             model, params = scalar_model(reward_model_spec(reward_cfg), jax.random.key(0))
             params = jax.tree.map(lambda x: np.asarray(x, model.config.params_dtype), params)
             tokenizer = tokenizer_for(reward_cfg.tokenizer, reward_cfg.model)

@@ -17,7 +17,8 @@ The models and compiled functions come from :mod:`rlhf_jax.ppo.roles`.
 Everything a resumed run needs is in the :class:`~rlhf_jax.ppo.update.PPOState`
 (params, optimizer state, β, the reward window, the PRNG key, the step; prompts
 and caps follow from the seed and the step), checkpointed with orbax every
-``ppo.save_every`` steps; a rerun in the same workdir continues exactly.
+``ppo.save_every`` steps and on SIGTERM / SIGINT; a rerun in the same workdir continues
+exactly.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ from rlhf_jax.ppo.prompts import prompt_set
 from rlhf_jax.ppo.rewards import REWARD_KINDS, Rewards
 from rlhf_jax.ppo.roles import VALUE_MODELS, build_roles
 from rlhf_jax.ppo.update import RATIO_SKIP_MODES, PPOState
-from rlhf_jax.stage import experiment_tokenizer, finish_stage, open_stage, stage_mesh
+from rlhf_jax.loop import stop_on_signal
+from rlhf_jax.preemption import PreemptionGuard
+from rlhf_jax.stage import (experiment_tokenizer, finish_stage, keep_latest, open_stage,
+                            stage_label, stage_mesh)
 
 PHASES = ("time/generation", "time/score", "time/ref_logprobs", "time/values", "time/update")
 
@@ -201,45 +205,54 @@ def check_finite(metrics: dict) -> None:
                                  "good checkpoint is kept")
 
 
-def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None) -> dict:
+def train_ppo(config, workdir: str, *, stop_after: Optional[int] = None,
+              resume_with_changes: bool = False) -> dict:
     """Run (or resume, or return the finished result of) a PPO stage in ``workdir``.
 
     ``stop_after``: stop once this many steps are done in total (for tests of
-    resumption); the run stays resumable.
+    resumption); the run stays resumable. ``resume_with_changes``: see
+    :func:`rlhf_jax.workdir.start_stage`. On SIGTERM / SIGINT the step in progress is finished,
+    saved, and :class:`~rlhf_jax.preemption.Preempted` raised. The summary and ``history`` are
+    of the whole run, from ``metrics.jsonl`` (cut back to the checkpoint on resume), so a
+    resumed run reports what an uninterrupted one would.
     """
-    wd, done = open_stage(config, workdir)
+    wd, done = open_stage(config, workdir, resume_with_changes=resume_with_changes)
     if done is not None:
         return done
     trainer = PPOTrainer(config, workdir)
     state = trainer.build()
-    ckpt = Checkpoints(wd.checkpoints)
-    start = ckpt.latest_step() or 0
-    if start:
-        state = ckpt.restore(start, state)
+    ckpt = Checkpoints(wd.checkpoints, keep_latest=keep_latest(config))
+    start, state = ckpt.restore_latest(state)
+    wd.resume_metrics(start)
     total = config.ppo.steps
     end = min(total, stop_after) if stop_after is not None else total
-    progress = tqdm(total=total, initial=start, desc="ppo", disable=jax.process_index() != 0)
-    history = []
-    for step in range(start, end):
-        state, metrics, _ = trainer.run_step(state)
-        history.append(metrics)
-        wd.log_metrics(step + 1, metrics)
-        progress.update(1)
-        progress.set_postfix(score=f"{metrics.get('env/rm_score', metrics['env/reward_raw']):.3f}",
-                             len=f"{metrics['env/response_length']:.1f}",
-                             kl=f"{metrics['objective/kl']:.3f}")
-        if (step + 1) % config.ppo.save_every == 0 or step + 1 == end:
-            ckpt.save(step + 1, state)
+    label = stage_label("ppo", workdir)
+    progress = tqdm(total=total, initial=start, desc=label, disable=jax.process_index() != 0)
+    with PreemptionGuard() as guard:
+        for step in range(start, end):
+            state, metrics, _ = trainer.run_step(state)
+            wd.log_metrics(step + 1, metrics)
+            progress.update(1)
+            progress.set_postfix(
+                score=f"{metrics.get('env/rm_score', metrics['env/reward_raw']):.3f}",
+                len=f"{metrics['env/response_length']:.1f}", kl=f"{metrics['objective/kl']:.3f}")
+            if (step + 1) % config.ppo.save_every == 0 or step + 1 == end:
+                ckpt.save(step + 1, state)
+            if step + 1 < end and guard.should_stop():
+                stop_on_signal(ckpt, step + 1, state, label, guard, progress)
     progress.close()
     ckpt.close()
+    history = wd.read_metrics("train")
     if end < total:
         return {"stopped_at": end, "history": history}
     save_pretrained(CausalLM(trainer.roles.policy_model.config), lm_params(state.params["policy"]),
                     wd.export, tokenizer=trainer.tokenizer, base_model=config.model.init)
-    logged = wd.read_metrics("train")
-    first, last = logged[:max(1, len(logged) // 10)], logged[-max(1, len(logged) // 10):]
+    first, last = history[:max(1, len(history) // 10)], history[-max(1, len(history) // 10):]
     summary = {k: {"first": float(np.mean([r[k] for r in first])),
                    "last": float(np.mean([r[k] for r in last]))}
                for k in ("env/reward_raw", "env/rm_score", "env/response_length", "objective/kl",
-                         "objective/kl_coef", "env/eos_fraction") if k in logged[0]}
-    return finish_stage(wd, {"steps": total, "summary": summary, "history": history})
+                         "objective/kl_coef", "env/eos_fraction") if history and k in history[0]}
+    result = {"steps": total, "summary": summary, "history": history}
+    if ckpt.set_aside:
+        result["checkpoints_set_aside"] = [{"step": s, "why": w} for s, w in ckpt.set_aside]
+    return finish_stage(wd, result)

@@ -33,8 +33,8 @@ from rlhf_jax.data.preferences import preference_splits
 from rlhf_jax.data.records import DropCounter
 from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models.build import save_scalar_model, scalar_model
-from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, open_stage,
-                            stage_mesh, supervised_setup)
+from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, keep_latest,
+                            open_stage, stage_label, stage_mesh, supervised_setup)
 from rlhf_jax.reward import cartography, interventions
 from rlhf_jax.reward.losses import bradley_terry_loss
 from rlhf_jax.workdir import Workdir
@@ -148,7 +148,9 @@ class RewardTrainer:
         self.spec = LoopSpec(
             steps_per_epoch=pipeline.steps_per_epoch(num_train, rm.batch_size, jax.process_count()),
             epochs=rm.epochs, log_every=rm.log_every, eval_every=rm.eval_every,
-            best_metric="accuracy", best_mode="max", desc="reward model")
+            best_metric="accuracy", best_mode="max",
+            desc=stage_label("reward model", self.workdir.path),
+            keep_latest=keep_latest(self.config))
         setup = supervised_setup(model, params, self.tokenizer, rm, total_steps=self.spec.total_steps,
                                  mesh=self.mesh, loss_fn=reward_loss_for(rm))
         self.tx, self.shardings, self.train_step = setup.tx, setup.shardings, setup.train_step
@@ -202,14 +204,15 @@ def dataset_stats(examples) -> dict:
             "mean_chosen_len": float(c.mean()), "mean_rejected_len": float(r.mean())}
 
 
-def train_reward_model(config, workdir: str) -> dict:
-    """Run (or resume, or return the finished result of) a reward-model stage in ``workdir``."""
-    wd, done = open_stage(config, workdir)
+def train_reward_model(config, workdir: str, *, resume_with_changes: bool = False) -> dict:
+    """Run (or resume, or return the finished result of) a reward-model stage in ``workdir``
+    (``resume_with_changes``: see :func:`rlhf_jax.workdir.start_stage`)."""
+    wd, done = open_stage(config, workdir, resume_with_changes=resume_with_changes)
     if done is not None:
         return done
     trainer = RewardTrainer(config, workdir)
     needs = interventions.RM_INTERVENTIONS[config.rm.intervention].needs_cartography
-    stats = _cartography_stats(config, wd) if needs else None
+    stats = _cartography_stats(config, wd, resume_with_changes) if needs else None
     data = trainer.prepare_data(stats)
     carto = wd.file(CARTOGRAPHY_LOG) if config.rm.cartography else None
     state, outcome = trainer.fit(data, cartography_log=carto)
@@ -226,7 +229,7 @@ def train_reward_model(config, workdir: str) -> dict:
     return finish_stage(wd, result)
 
 
-def _cartography_stats(config, wd: Workdir) -> dict:
+def _cartography_stats(config, wd: Workdir, resume_with_changes: bool = False) -> dict:
     """C-TR's statistics: from ``rm.ctr.cartography_from``, or a standard run in ``WORKDIR/cartography``.
 
     The standard run trains ``rm.ctr.cartography_epochs`` (≥ 2) epochs with the
@@ -244,6 +247,6 @@ def _cartography_stats(config, wd: Workdir) -> dict:
             base.rm.cartography = True
             base.rm.epochs = config.rm.ctr.cartography_epochs
         source = wd.file("cartography")
-        train_reward_model(base, source)
+        train_reward_model(base, source, resume_with_changes=resume_with_changes)
     return cartography.confidence_and_variability(
         cartography.read_passes(os.path.join(source, CARTOGRAPHY_LOG)))
