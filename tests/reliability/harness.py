@@ -81,6 +81,34 @@ def logged_step(workdir: str) -> int:
     return step
 
 
+def stale_metrics(workdir: str, start: int):
+    """The inode of ``metrics.jsonl`` when a run resuming from checkpoint ``start`` will replace
+    it (it holds rows after ``start``, or an unreadable line), else ``None``.
+
+    Until that run has cut the file back, those rows are the killed run's, not the new one's:
+    see :func:`logged_step_since`."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                if int(json.loads(line)["step"]) > start:
+                    return os.stat(path).st_ino
+            except (ValueError, KeyError, TypeError):
+                return os.stat(path).st_ino
+    return None
+
+
+def logged_step_since(workdir: str, stale_inode) -> int:
+    """:func:`logged_step`, counting only what the newly launched run wrote: 0 while
+    ``metrics.jsonl`` is still the file :func:`stale_metrics` found stale."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if stale_inode is not None and os.path.exists(path) and os.stat(path).st_ino == stale_inode:
+        return 0
+    return logged_step(workdir)
+
+
 def wait_until(run: Run, predicate, timeout: float = 300, poll: float = 0.002) -> bool:
     """Poll ``predicate()`` until true (``True``) or the process ends first (``False``)."""
     deadline = time.monotonic() + timeout
@@ -93,9 +121,16 @@ def wait_until(run: Run, predicate, timeout: float = 300, poll: float = 0.002) -
     raise TimeoutError(f"{run.args}: condition not met in {timeout} s")
 
 
-def saving_now(workdir: str) -> bool:
-    """An orbax save in progress: its temporary directory exists."""
-    return bool(glob.glob(os.path.join(workdir, "checkpoints", "*tmp*")))
+def temporary_checkpoints(workdir: str) -> set:
+    """Orbax's temporary directories in the checkpoint directory (a save in progress, or one a
+    kill cut short)."""
+    return set(glob.glob(os.path.join(workdir, "checkpoints", "*tmp*")))
+
+
+def saving_now(workdir: str, earlier: set = frozenset()) -> bool:
+    """An orbax save in progress: a temporary directory exists that is not among ``earlier``
+    (those left by a killed run)."""
+    return bool(temporary_checkpoints(workdir) - set(earlier))
 
 
 def committed_steps(workdir: str) -> list:

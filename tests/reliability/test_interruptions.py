@@ -91,8 +91,9 @@ def test_interrupted_runs_resume_to_the_same_export(space, name):
         start = resumed_from(workdir)
         low = start + 1
         target = int(rng.integers(low, max(low + 1, min(low + max(total // 8, 2), total - 1))))
+        stale = h.stale_metrics(workdir, start)  # the killed run's rows, until this run cuts them
         run = launch()
-        assert h.wait_until(run, lambda: h.logged_step(workdir) >= target), \
+        assert h.wait_until(run, lambda: h.logged_step_since(workdir, stale) >= target), \
             f"run ended before step {target}: {run.stderr[-2000:]}"
         at = h.logged_step(workdir)
         run.signal(sig)
@@ -104,8 +105,11 @@ def test_interrupted_runs_resume_to_the_same_export(space, name):
         assert rc == -9
         kills.append(at)
     # kill -9 while orbax writes a checkpoint (its temporary directory exists)
+    start = resumed_from(workdir)
+    stale, earlier = h.stale_metrics(workdir, start), h.temporary_checkpoints(workdir)
     run = launch()
-    assert h.wait_until(run, lambda: h.saving_now(workdir)), run.stderr[-2000:]
+    assert h.wait_until(run, lambda: h.logged_step_since(workdir, stale) > start
+                        and h.saving_now(workdir, earlier)), run.stderr[-2000:]
     run.signal(h.SIGKILL)
     assert run.wait() == -9
     kills.append("during a save")
