@@ -8,7 +8,10 @@ What it measures, on the ``llama-135m`` preset (SmolLM2-135M's shape, random wei
   update's forward) and their mean as the loss;
 - ``trunk``: the decoder stack alone, its response-position hidden states dotted with a fixed
   random tensor as the loss;
-- ``head``: the LM head and the token log-probs alone, on fixed hidden states;
+- ``head``: the LM head and the token log-probs alone, on fixed hidden states, as the update
+  computes them (chunked over positions, :mod:`rlhf_jax.models.vocab_logprobs`);
+- ``head_plain``: the same from a ``[b, t, vocab]`` float32 logits array and its
+  ``logsumexp``, differentiated by autodiff (what the update did before);
 
 each jitted as a forward and as ``jax.grad`` (forward + backward): the median of ``--repeats``
 calls after a warm-up. With ``--trace PART`` it also records one call of that part's forward +
@@ -30,7 +33,7 @@ import gzip
 import json
 import tempfile
 
-PARTS = ("full", "trunk", "head")
+PARTS = ("full", "trunk", "head", "head_plain")
 
 
 def parse_args(argv=None):
@@ -60,6 +63,8 @@ def losses(batch: int, prompt_len: int, response_len: int, preset: str = "llama-
     from rlhf_jax.generate import token_logprobs
     from rlhf_jax.models import CausalLM, config_from_hf, init_params
     from rlhf_jax.models.presets import preset_config
+    from rlhf_jax.models.transformer import lm_head_weight
+    from rlhf_jax.models.vocab_logprobs import token_logprobs_and_entropy
     from rlhf_jax.ppo.rollout import policy_outputs
 
     model = CausalLM(config_from_hf(preset_config(preset)))
@@ -83,10 +88,15 @@ def losses(batch: int, prompt_len: int, response_len: int, preset: str = "llama-
         return jnp.mean(out.hidden_states[:, at] * probe)
 
     def head(p):
+        weight, vocab_major = lm_head_weight(p, model.config)
+        return jnp.mean(token_logprobs_and_entropy(probe, weight, response,
+                                                   vocab_major=vocab_major)[0])
+
+    def head_plain(p):
         logits = model.apply({"params": p}, probe, method=CausalLM.logits)
         return jnp.mean(token_logprobs(logits, response))
 
-    return params, {"full": full, "trunk": trunk, "head": head}
+    return params, {"full": full, "trunk": trunk, "head": head, "head_plain": head_plain}
 
 
 def median_seconds(fn, arg, repeats: int) -> float:

@@ -218,6 +218,15 @@ class LMHead(nn.Module):
         return linear(self, hidden_bte, w)
 
 
+def lm_head_weight(params: dict, config: DecoderConfig) -> tuple:
+    """``(W, vocab_major)``: the LM head's matrix of a :class:`CausalLM`'s ``params`` in the
+    compute dtype, the tied token embedding ``[vocab, embed]`` (``vocab_major``) or the untied
+    ``lm_head`` kernel ``[embed, vocab]``; what :meth:`CausalLM.logits` multiplies by."""
+    if config.tie_word_embeddings:
+        return params["model"]["embed_tokens"]["embedding"].astype(config.compute_dtype), True
+    return params["lm_head"]["kernel"].astype(config.compute_dtype), False
+
+
 class CausalLM(nn.Module):
     """Decoder + LM head. ``apply`` returns a :class:`ModelOutput` with ``logits [b, t, vocab]``.
 

@@ -12,8 +12,9 @@ the same distribution as sampling with ``max_new_tokens = n``.
 Positions: the sequence is ``[prompt (left-padded, P) | response (right-padded, T)]``;
 response token ``t`` is predicted at position ``P − 1 + t``, where its log-prob,
 the reference log-prob and the value (the state before emitting it) are read.
-Only those ``T`` positions go through the LM head, so no ``[b, P + T, vocab]``
-float32 tensor is materialised.
+Only those ``T`` positions go through the LM head, in chunks of positions
+(:mod:`rlhf_jax.models.vocab_logprobs`), so no ``[b, T, vocab]`` float32 tensor is
+materialised, forward or backward.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.generate import token_logprobs
-from rlhf_jax.models.transformer import CausalLM
-from rlhf_jax.ppo import algo
+from rlhf_jax.models.transformer import lm_head_weight
+from rlhf_jax.models.vocab_logprobs import token_logprobs_and_entropy
 
 
 def response_positions(prompt_len: int, response_len: int):
@@ -42,18 +42,19 @@ def policy_outputs(model, params, prompt_ids, prompt_mask, response_ids, respons
     """``(logprobs [b, T], values [b, T] or None, entropy [b, T] or None)`` of the response tokens.
 
     ``model`` is a :class:`~rlhf_jax.models.heads.PolicyWithValue` (``with_values``)
-    or a :class:`CausalLM`; the LM head runs on the response positions only.
+    or a :class:`CausalLM`; the LM head runs on the response positions only, a chunk of
+    positions at a time (:func:`~rlhf_jax.models.vocab_logprobs.token_logprobs_and_entropy`).
     """
     ids, mask = concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask)
     out = model.apply({"params": params}, ids, attention_mask=mask, last_token_only=True,
                       rngs=rngs)
     positions = response_positions(prompt_ids.shape[1], response_ids.shape[1])
-    hidden = out.hidden_states[:, positions]
-    logits = model.apply({"params": params}, hidden, method=CausalLM.logits)
-    logprobs = token_logprobs(logits, response_ids)
+    weight, vocab_major = lm_head_weight(params, model.config)
+    hidden = out.hidden_states[:, positions].astype(weight.dtype)
+    logprobs, entropy = token_logprobs_and_entropy(hidden, weight, response_ids,
+                                                   vocab_major=vocab_major)
     values = out.values[:, positions].astype(jnp.float32) if with_values else None
-    entropy = algo.entropy_from_logits(logits) if with_entropy else None
-    return logprobs, values, entropy
+    return logprobs, values, entropy if with_entropy else None
 
 
 def scalar_values(model, params, prompt_ids, prompt_mask, response_ids, response_mask):
