@@ -25,6 +25,8 @@ from rlhf_jax.data.records import require_text
 from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.build import causal_lm
+from rlhf_jax.models.transformer import lm_head_weight
+from rlhf_jax.models.vocab_logprobs import head_logprobs
 from rlhf_jax.samples import read_jsonl
 from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, keep_latest,
                             open_stage, stage_label, stage_mesh, supervised_setup)
@@ -35,12 +37,16 @@ def response_nll(params, batch, *, model, rngs=None):
 
     ``weight`` (the token count) makes gradient accumulation a token mean over
     the whole batch (:func:`rlhf_jax.training.accumulated_gradients`). ``rngs``: dropout keys
-    (LoRA's adapter dropout).
+    (LoRA's adapter dropout). The LM head runs a chunk of positions at a time on accelerators
+    (:func:`~rlhf_jax.models.vocab_logprobs.head_logprobs`): no ``[b, t, vocab]`` float32
+    array there, forward or backward.
     """
-    logits = model.apply({"params": params}, batch["ids"], attention_mask=batch["mask"],
-                         rngs=rngs).logits
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, batch["ids"][:, 1:, None], axis=-1)[..., 0]
+    hidden = model.apply({"params": params}, batch["ids"], attention_mask=batch["mask"],
+                         last_token_only=True, rngs=rngs).hidden_states
+    weight, vocab_major = lm_head_weight(params, model.config)
+    logprobs, _ = head_logprobs(hidden[:, :-1].astype(weight.dtype), weight, batch["ids"][:, 1:],
+                                vocab_major=vocab_major)
+    nll = -logprobs
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
     count = jnp.sum(weights)
     loss = jnp.sum(nll * weights) / jnp.maximum(count, 1.0)

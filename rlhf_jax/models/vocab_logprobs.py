@@ -19,6 +19,14 @@ chunk with logits ``z``, ``lse = logsumexp(z)`` and ``p = exp(z − lse)``:
 The chunks run along the sequence axis, so the batch axis keeps its sharding on a device
 mesh and the vocabulary axis its tensor sharding (the ``logsumexp`` over a sharded vocabulary
 is GSPMD's reduction). The cost is one extra ``h · W`` per chunk in the backward pass.
+
+:func:`head_logprobs`, what the stages call, chunks on accelerators only. On XLA:CPU the
+recomputed ``h · W`` costs more than the memory it saves: SmolLM2-135M's PPO iteration at
+16 × (64 + 128) tokens took 43.0–44.7 s chunked against 38.5–41.2 s plain, for a peak RSS of
+11.1 against 11.9 GB (``benchmarks.vs_torch`` workers, 2 rounds × 2 iterations, this project's
+2-core host, 2026-12-06). The choice is made per compile target
+(``jax.lax.platform_dependent``), so ``rlhf-jax fit`` compiles the chunked form for a TPU
+topology from a CPU host.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from rlhf_jax.models.layers import matmul, matmul_transposed
 
 ROWS_PER_CHUNK = 512
 """Rows (batch × positions) of logits one chunk holds: ``[512, 49152]`` float32 is 100 MB."""
@@ -119,6 +129,28 @@ def _chunked_bwd(vocab_major, c, residuals, cotangents):
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def plain_logprobs_and_entropy(hidden_btd, weight, tokens_bt, *, vocab_major: bool):
+    """:func:`token_logprobs_and_entropy` from a whole ``[b, t, vocab]`` float32 logits array,
+    differentiated by autodiff: ``z_y − logsumexp(z)`` and ``−Σ p log p``. The product is
+    :func:`~rlhf_jax.models.layers.matmul` (``matmul_transposed`` for a tied head), whose VJP
+    keeps XLA:CPU from writing the ``[tokens, vocab]`` gradient transposed."""
+    product = matmul_transposed if vocab_major else matmul
+    z = product(hidden_btd, weight).astype(jnp.float32)
+    chosen = jnp.take_along_axis(z, tokens_bt[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    logp = jax.nn.log_softmax(z, axis=-1)
+    return chosen - jax.nn.logsumexp(z, axis=-1), -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def head_logprobs(hidden_btd, weight, tokens_bt, *, vocab_major: bool):
+    """``(log π(tokens), entropy)`` through the LM head: chunked
+    (:func:`token_logprobs_and_entropy`) when compiled for an accelerator, plain
+    (:func:`plain_logprobs_and_entropy`) for XLA:CPU (the module docstring gives the numbers).
+    An entropy nobody uses costs nothing on the plain path (XLA drops it)."""
+    plain = functools.partial(plain_logprobs_and_entropy, vocab_major=vocab_major)
+    chunked = functools.partial(token_logprobs_and_entropy, vocab_major=vocab_major)
+    return jax.lax.platform_dependent(hidden_btd, weight, tokens_bt, cpu=plain, default=chunked)
 
 
 def token_logprobs_and_entropy(hidden_btd, weight, tokens_bt, *, vocab_major: bool,

@@ -13,18 +13,17 @@ Positions: the sequence is ``[prompt (left-padded, P) | response (right-padded, 
 response token ``t`` is predicted at position ``P − 1 + t``, where its log-prob,
 the reference log-prob and the value (the state before emitting it) are read.
 Only those ``T`` positions go through the LM head, in chunks of positions
-(:mod:`rlhf_jax.models.vocab_logprobs`), so no ``[b, T, vocab]`` float32 tensor is
+(:mod:`rlhf_jax.models.vocab_logprobs`, on accelerators), so no ``[b, T, vocab]`` float32 tensor is
 materialised, forward or backward.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.models.transformer import lm_head_weight
-from rlhf_jax.models.vocab_logprobs import token_logprobs_and_entropy
+from rlhf_jax.models.vocab_logprobs import head_logprobs
 
 
 def response_positions(prompt_len: int, response_len: int):
@@ -43,7 +42,7 @@ def policy_outputs(model, params, prompt_ids, prompt_mask, response_ids, respons
 
     ``model`` is a :class:`~rlhf_jax.models.heads.PolicyWithValue` (``with_values``)
     or a :class:`CausalLM`; the LM head runs on the response positions only, a chunk of
-    positions at a time (:func:`~rlhf_jax.models.vocab_logprobs.token_logprobs_and_entropy`).
+    positions at a time on accelerators (:func:`~rlhf_jax.models.vocab_logprobs.head_logprobs`).
     """
     ids, mask = concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask)
     out = model.apply({"params": params}, ids, attention_mask=mask, last_token_only=True,
@@ -51,8 +50,7 @@ def policy_outputs(model, params, prompt_ids, prompt_mask, response_ids, respons
     positions = response_positions(prompt_ids.shape[1], response_ids.shape[1])
     weight, vocab_major = lm_head_weight(params, model.config)
     hidden = out.hidden_states[:, positions].astype(weight.dtype)
-    logprobs, entropy = token_logprobs_and_entropy(hidden, weight, response_ids,
-                                                   vocab_major=vocab_major)
+    logprobs, entropy = head_logprobs(hidden, weight, response_ids, vocab_major=vocab_major)
     values = out.values[:, positions].astype(jnp.float32) if with_values else None
     return logprobs, values, entropy if with_entropy else None
 

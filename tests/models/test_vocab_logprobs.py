@@ -79,3 +79,29 @@ def test_backward_never_holds_a_batch_by_vocabulary_float32_array():
             .memory_analysis().temp_size_in_bytes for f in (plain, chunked)}
     assert temp["plain"] >= 2 * full, temp
     assert temp["chunked"] < full / 2, temp
+
+
+def _compiled_text(hidden, weight, tokens):
+    from rlhf_jax.models.vocab_logprobs import head_logprobs
+
+    def loss(h, w):
+        lp, ent = head_logprobs(h, w, tokens, vocab_major=True)
+        return jnp.sum(lp) + jnp.sum(ent)
+
+    return jax.jit(jax.grad(loss, (0, 1))).lower(hidden, weight).compile().as_text()
+
+
+def test_head_logprobs_is_plain_on_cpu_and_chunked_for_a_tpu():
+    """The form is chosen per compile target: XLA:CPU gets no loop over chunks; a TPU topology
+    compiled from this CPU host gets the chunked loops (``rlhf-jax fit`` sees what a TPU runs)."""
+    import importlib.util
+    h, w, t = jnp.zeros((4, 256, 32)), jnp.zeros((512, 32)), jnp.zeros((4, 256), jnp.int32)
+    assert "while" not in _compiled_text(h, w, t)
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (pip install \"jax[tpu]==<jax>\")")
+    from rlhf_jax import fit, sharding
+    devices, _, _ = fit.topology_devices("v5e-8")
+    mesh = sharding.make_mesh(data=1, fsdp=-1, devices=devices)
+    on_tpu = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_tpu) for x in (h, w)]
+    assert "while" in _compiled_text(*shapes, t)

@@ -71,6 +71,8 @@ class Case:
 GROUPS = {
     "ppo": [Case("ppo", 16, 16), Case("ppo", 16, 4), Case("ppo", 16, 16, reward="model"),
             Case("ppo", 16, 4, reward="model")],
+    # the issue's two headline PPO iterations (minibatch 16, constant reward and reward model)
+    "headline": [Case("ppo", 16, 16), Case("ppo", 16, 16, reward="model")],
     "rm": [Case("rm", 8)],
     "sft": [Case("sft", 8)],
     # how cost grows: response length at batch 16, and batch at 128 tokens (minibatch 16 or less)
@@ -80,7 +82,8 @@ GROUPS = {
     "gpu": [Case("ppo", 16, 16), Case("ppo", 16, 16, reward="model"), Case("rm", 8),
             Case("sft", 8)],
 }
-"""``--cases`` names: the issue's PPO iterations, the RM and SFT steps, and the scaling sweep
+"""``--cases`` names: the issue's PPO iterations (``headline``: the minibatch-16 pair the
+targets are set on), the RM and SFT steps, and the scaling sweep
 (its 16 × 128 point is the first ``ppo`` case), and the short set a GPU run takes."""
 
 
