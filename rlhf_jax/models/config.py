@@ -18,7 +18,12 @@ NORMS = ("rms", "layer")
 MLPS = ("gated", "plain")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 POSITIONS = ("rope", "learned")
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+"""``remat``: what each layer's forward keeps for the backward pass. ``none``: every
+intermediate; ``full``: only the layer's input (the whole layer runs again); ``dots``: every
+matmul output (``jax.checkpoint_policies.checkpoint_dots``); ``dots_no_batch``: the
+projections' outputs only (``dots_with_no_batch_dims_saveable``), so the attention scores and
+probabilities, ``[b, heads, t, t]`` per layer, are recomputed from the saved q/k/v."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,7 +80,10 @@ def default_positions(attention_mask_bt):
 
 
 def _remat_policy(name):
-    return {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}[name]
+    """The ``jax.checkpoint`` policy of a :data:`~rlhf_jax.models.config.REMAT_POLICIES` name."""
+    policies = jax.checkpoint_policies
+    return {"full": None, "dots": policies.checkpoint_dots,
+            "dots_no_batch": policies.dots_with_no_batch_dims_saveable}[name]
 
 
 class Decoder(nn.Module):

@@ -247,6 +247,14 @@ def make_rollout(config, lm, mesh, adapters=None) -> Rollout:
                    dtype=lm.config.compute_dtype, adapters=adapters)
 
 
+def without_remat(model):
+    """``model`` with ``remat="none"`` (``None`` stays ``None``): the same parameters and
+    outputs; rematerialisation only changes what a backward pass recomputes."""
+    if model is None or model.config.remat == "none":
+        return model
+    return model.clone(config=dataclasses.replace(model.config, remat="none"))
+
+
 def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh, *,
                    eos_id: int, pad_id: int) -> RoleFunctions:
     """Shardings and compiled functions of the roles; ``state_shape``: the :class:`PPOState` or
@@ -260,6 +268,8 @@ def role_functions(config, lm, policy_model, value_model, tx, state_shape, mesh,
                                        value_model=value_model, tx=tx, cfg=config),
                      in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
                      donate_argnums=(0,))
+    # forward-only roles: nothing is differentiated, so the models run without remat
+    lm, policy_model, value_model = (without_remat(m) for m in (lm, policy_model, value_model))
     ref_forward = jax.jit(lambda ref, *a: rollout.policy_outputs(lm, ref, *a, with_values=False)[0])
     if value_model is None:
         policy_forward = jax.jit(lambda prm, *a: rollout.policy_outputs(

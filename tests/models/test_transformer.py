@@ -63,9 +63,10 @@ def test_scalar_head_reads_last_real_token(llama):
         np.testing.assert_allclose(np.asarray(per_token), hidden @ w + b, rtol=1e-5, atol=1e-5)
 
 
-def test_remat_changes_nothing_numerically(llama):
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_changes_nothing_numerically(llama, policy):
     model, params, ids, mask = llama
-    remat = CausalLM(model.config.replace(remat="full"))
+    remat = CausalLM(model.config.replace(remat=policy))
 
     def loss(m, p):
         return jnp.mean(jax.nn.log_softmax(m.apply({"params": p}, ids, attention_mask=mask).logits))
