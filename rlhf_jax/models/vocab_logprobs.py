@@ -36,7 +36,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.layers import matmul, matmul_transposed
+from rlhf_jax.models.layers import matmul
 
 ROWS_PER_CHUNK = 512
 """Rows (batch × positions) of logits one chunk holds: ``[512, 49152]`` float32 is 100 MB."""
@@ -134,10 +134,12 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 def plain_logprobs_and_entropy(hidden_btd, weight, tokens_bt, *, vocab_major: bool):
     """:func:`token_logprobs_and_entropy` from a whole ``[b, t, vocab]`` float32 logits array,
     differentiated by autodiff: ``z_y − logsumexp(z)`` and ``−Σ p log p``. The product is
-    :func:`~rlhf_jax.models.layers.matmul` (``matmul_transposed`` for a tied head), whose VJP
-    keeps XLA:CPU from writing the ``[tokens, vocab]`` gradient transposed."""
-    product = matmul_transposed if vocab_major else matmul
-    z = product(hidden_btd, weight).astype(jnp.float32)
+    :func:`~rlhf_jax.models.layers.matmul`, whose VJP keeps XLA:CPU from writing the
+    ``[tokens, vocab]`` gradient transposed; a tied ``[vocab, embed]`` table is transposed
+    first (a 113 MB copy for SmolLM2), since XLA:CPU's product with the transposed operand is
+    slower: the PPO forward of 16 × (64 + 128) tokens took 4.25 s against 5.25 with
+    ``matmul_transposed`` (``benchmarks.backward_profile --parts full``, 2026-12-06)."""
+    z = matmul(hidden_btd, weight.T if vocab_major else weight).astype(jnp.float32)
     chosen = jnp.take_along_axis(z, tokens_bt[..., None].astype(jnp.int32), axis=-1)[..., 0]
     logp = jax.nn.log_softmax(z, axis=-1)
     return chosen - jax.nn.logsumexp(z, axis=-1), -jnp.sum(jnp.exp(logp) * logp, axis=-1)

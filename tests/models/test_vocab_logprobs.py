@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models.vocab_logprobs import chunk_positions, token_logprobs_and_entropy
+from rlhf_jax.models.vocab_logprobs import (chunk_positions, plain_logprobs_and_entropy,
+                                            token_logprobs_and_entropy)
 
 torch = pytest.importorskip("torch")
 
@@ -31,9 +32,10 @@ def torch_reference(h, w, tokens, vocab_major, g_lp, g_ent):
 
 
 @pytest.mark.parametrize("vocab_major", [True, False], ids=["tied", "untied"])
-@pytest.mark.parametrize("rows", [6, 9, 1000], ids=["2-positions", "3-positions-padded", "one"])
+@pytest.mark.parametrize("rows", [6, 9, 1000, None],
+                         ids=["2-positions", "3-positions-padded", "one", "plain"])
 def test_values_and_gradients_match_torch(vocab_major, rows):
-    rng = np.random.default_rng(rows + vocab_major)
+    rng = np.random.default_rng((rows or 0) + vocab_major)
     h = rng.normal(size=(B, T, D)).astype(np.float32)
     w = rng.normal(size=(V, D) if vocab_major else (D, V)).astype(np.float32)
     tokens = rng.integers(0, V, (B, T))
@@ -41,8 +43,11 @@ def test_values_and_gradients_match_torch(vocab_major, rows):
     want = torch_reference(h, w, tokens, vocab_major, g_lp, g_ent)
 
     def loss(h, w):
-        lp, ent = token_logprobs_and_entropy(h, w, jnp.asarray(tokens), vocab_major=vocab_major,
-                                             rows_per_chunk=rows)
+        if rows is None:  # the XLA:CPU form: whole logits, autodiff
+            lp, ent = plain_logprobs_and_entropy(h, w, jnp.asarray(tokens), vocab_major=vocab_major)
+        else:
+            lp, ent = token_logprobs_and_entropy(h, w, jnp.asarray(tokens),
+                                                 vocab_major=vocab_major, rows_per_chunk=rows)
         return jnp.sum(lp * g_lp) + jnp.sum(ent * g_ent), (lp, ent)
 
     (_, (lp, ent)), (dh, dw) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(h, w)
