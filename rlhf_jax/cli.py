@@ -351,6 +351,11 @@ def run_command(args) -> int:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError) as err:  # bad input: the message says it all
         raise SystemExit(f"rlhf-jax {args.command}: {err}") from None
+    except RuntimeError as err:
+        from rlhf_jax.evaluate import JudgeError
+        if isinstance(err, JudgeError):  # an LLM judge endpoint that kept failing
+            raise SystemExit(f"rlhf-jax {args.command}: {err}") from None
+        raise
     except Preempted as err:
         print(f"rlhf-jax {args.command}: {err}", file=sys.stderr)
         return EXIT_PREEMPTED

@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import os
 import threading
 
 import numpy as np
@@ -131,8 +132,11 @@ class _Judge(http.server.BaseHTTPRequestHandler):
     mode = "fair"
     calls = 0
 
+    authorization = None
+
     def do_POST(self):
         type(self).calls += 1
+        type(self).authorization = self.headers.get("Authorization")
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
         first = prompt.split("# Output (a):")[1].split("# Output (b):")[0]
@@ -183,6 +187,41 @@ def test_chat_judge_garbage_then_clear_error(server):
     judge = evaluate.ChatJudge(base_url=server, model="m", retries=2, backoff=0.01)
     with pytest.raises(evaluate.JudgeError, match="failed after 3 attempts: unparseable"):
         judge(rows(["x"])[0], rows(["y"])[0])
+
+
+SECRET = "sk-test-7f3a9c1e-never-printed"
+
+
+@pytest.mark.parametrize("mode", ["fair", "garbage"])
+def test_the_judge_api_key_is_sent_and_never_written(server, tmp_path, mode):
+    """``rlhf-jax evaluate --judge chat`` with ``$OPENAI_API_KEY``: the endpoint gets the key as a
+    bearer token; stdout, stderr (also the error of a judge that keeps answering garbage), the
+    judgement cache and every file the command leaves hold no trace of it."""
+    import subprocess
+    import sys
+    _Judge.mode = mode
+    for name, texts in (("a", ["good answer"] * 3), ("b", ["meh"] * 3)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows(texts))
+    cache = tmp_path / "judgements.jsonl"
+    env = {**os.environ, "OPENAI_API_KEY": SECRET, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, "-m", "rlhf_jax.cli", "evaluate", "--a", str(tmp_path / "a.jsonl"),
+         "--b", str(tmp_path / "b.jsonl"), "--judge", "chat", "--base-url", server,
+         "--judge-model", "m", "--cache", str(cache)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert _Judge.authorization == f"Bearer {SECRET}"
+    if mode == "fair":
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout)["win_rate"] == 1.0
+        assert cache.exists()
+    else:
+        assert run.returncode == 1 and "rlhf-jax evaluate: judge at" in run.stderr
+        assert "Traceback" not in run.stderr
+    assert SECRET not in run.stdout and SECRET not in run.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
 
 
 def test_chat_judge_unreachable_endpoint():
