@@ -177,7 +177,11 @@ def cmd_evaluate(args) -> int:
                                    cache_path=args.cache, seed=args.seed)
     else:
         judge = evaluate.ScoreJudge(args.score_key)
-    result = evaluate.compare_policies(read_jsonl(args.a), read_jsonl(args.b), judge, seed=args.seed)
+    try:
+        result = evaluate.compare_policies(read_jsonl(args.a), read_jsonl(args.b), judge,
+                                           seed=args.seed)
+    except ValueError as err:  # unpaired samples, too few comparisons: the message names them
+        raise SystemExit(f"rlhf-jax evaluate: {args.a} vs {args.b}: {err}") from None
     print(json.dumps(result, indent=2), file=args.results)
     return 0
 

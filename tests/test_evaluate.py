@@ -200,7 +200,7 @@ def test_the_judge_api_key_is_sent_and_never_written(server, tmp_path, mode):
     import subprocess
     import sys
     _Judge.mode = mode
-    for name, texts in (("a", ["good answer"] * 3), ("b", ["meh"] * 3)):
+    for name, texts in (("a", ["good answer"] * 12), ("b", ["meh"] * 12)):
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows(texts))
     cache = tmp_path / "judgements.jsonl"
@@ -234,3 +234,19 @@ def test_chat_judge_unreachable_endpoint():
 def test_unpaired_samples_are_an_error():
     with pytest.raises(ValueError, match="no counterpart in B"):
         evaluate.compare_policies(rows(["a", "b"]), rows(["a"]), evaluate.ScoreJudge("length"))
+
+
+def test_evaluate_cli_names_too_few_comparisons_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+    for name, texts in (("a", ["good answer"] * 3), ("b", ["meh"] * 3)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps({**r, "score": float(len(r["text"]))}) + "\n"
+                         for r in rows(texts))
+    run = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "evaluate", "--a",
+                          str(tmp_path / "a.jsonl"), "--b", str(tmp_path / "b.jsonl")],
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 1
+    assert "a.jsonl vs" in run.stderr and "need ≥ 5 comparisons" in run.stderr
+    assert "Traceback" not in run.stderr
