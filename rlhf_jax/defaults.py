@@ -237,8 +237,8 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
     ``model.remat = "dots_no_batch"``: the update keeps each layer's projection outputs and
     recomputes attention in its backward pass (the forward-only roles never remat). On
     SmolLM2-135M at 16 × (64 + 128) tokens (this project's 2-core host, 2026-12-06) the update
-    took 17.4–17.5 s against 20.6 without remat, and the PPO process peaked at 7.1 GB of RSS
-    against 11.9: the scanned layers' stacked residuals, zero-filled and copied by XLA on every
+    took 16.8–17.5 s against 20.6–23.0 without remat, and the PPO process peaked at 7.1–7.2 GB
+    of RSS against 11.8–11.9: the scanned layers' stacked residuals, zero-filled and copied by XLA on every
     call, are most of both."""
     return mlc.ConfigDict({
         "seed": 0, "model": model_spec(init, remat="dots_no_batch"),

@@ -9,9 +9,9 @@ What it measures, on the ``llama-135m`` preset (SmolLM2-135M's shape, random wei
 - ``trunk``: the decoder stack alone, its response-position hidden states dotted with a fixed
   random tensor as the loss;
 - ``head``: the LM head and the token log-probs alone, on fixed hidden states, as the update
-  computes them (chunked over positions, :mod:`rlhf_jax.models.vocab_logprobs`);
-- ``head_plain``: the same from a ``[b, t, vocab]`` float32 logits array and its
-  ``logsumexp``, differentiated by autodiff (what the update did before);
+  computes them on this backend (:func:`rlhf_jax.models.vocab_logprobs.head_logprobs`);
+- ``head_chunked``: the same in the chunked form accelerators compile (a chunk of positions at
+  a time, the logits recomputed in the backward pass), timed on this backend;
 
 each jitted as a forward and as ``jax.grad`` (forward + backward): the median of ``--repeats``
 calls after a warm-up. With ``--trace PART`` it also records one call of that part's forward +
@@ -33,7 +33,7 @@ import gzip
 import json
 import tempfile
 
-PARTS = ("full", "trunk", "head", "head_plain")
+PARTS = ("full", "trunk", "head", "head_chunked")
 
 
 def parse_args(argv=None):
@@ -60,11 +60,10 @@ def losses(batch: int, prompt_len: int, response_len: int, preset: str = "llama-
     import jax.numpy as jnp
     import numpy as np
 
-    from rlhf_jax.generate import token_logprobs
     from rlhf_jax.models import CausalLM, config_from_hf, init_params
     from rlhf_jax.models.presets import preset_config
     from rlhf_jax.models.transformer import lm_head_weight
-    from rlhf_jax.models.vocab_logprobs import token_logprobs_and_entropy
+    from rlhf_jax.models.vocab_logprobs import head_logprobs, token_logprobs_and_entropy
     from rlhf_jax.ppo.rollout import policy_outputs
 
     model = CausalLM(config_from_hf(preset_config(preset)))
@@ -87,16 +86,14 @@ def losses(batch: int, prompt_len: int, response_len: int, preset: str = "llama-
                           last_token_only=True)
         return jnp.mean(out.hidden_states[:, at] * probe)
 
-    def head(p):
-        weight, vocab_major = lm_head_weight(p, model.config)
-        return jnp.mean(token_logprobs_and_entropy(probe, weight, response,
-                                                   vocab_major=vocab_major)[0])
+    def head_part(form):
+        def loss(p):
+            weight, vocab_major = lm_head_weight(p, model.config)
+            return jnp.mean(form(probe, weight, response, vocab_major=vocab_major)[0])
+        return loss
 
-    def head_plain(p):
-        logits = model.apply({"params": p}, probe, method=CausalLM.logits)
-        return jnp.mean(token_logprobs(logits, response))
-
-    return params, {"full": full, "trunk": trunk, "head": head, "head_plain": head_plain}
+    return params, {"full": full, "trunk": trunk, "head": head_part(head_logprobs),
+                    "head_chunked": head_part(token_logprobs_and_entropy)}
 
 
 def median_seconds(fn, arg, repeats: int) -> float:

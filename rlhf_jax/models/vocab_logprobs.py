@@ -110,16 +110,12 @@ def _chunked_bwd(vocab_major, c, residuals, cotangents):
         dz = (glp[..., None] * (onehot.astype(jnp.float32) - p)
               - gent[..., None] * p * (z - lse[..., None] + ent[..., None]))
         dz = dz.astype(h.dtype)
-        if vocab_major:  # W [vocab, embed]: ∂h = ∂z · W, ∂W = ∂zᵀ · h
-            dh = _contract_last(dz, weight, 0)
-            dw = dw + jax.lax.dot_general(dz.reshape(-1, dz.shape[-1]), h.reshape(-1, h.shape[-1]),
-                                          (((0,), (0,)), ((), ())),
-                                          preferred_element_type=jnp.float32)
-        else:  # W [embed, vocab]: ∂h = ∂z · Wᵀ, ∂W = hᵀ · ∂z
-            dh = _contract_last(dz, weight, 1)
-            dw = dw + jax.lax.dot_general(h.reshape(-1, h.shape[-1]), dz.reshape(-1, dz.shape[-1]),
-                                          (((0,), (0,)), ((), ())),
-                                          preferred_element_type=jnp.float32)
+        # W [vocab, embed]: ∂h = ∂z · W, ∂W = ∂zᵀ · h;  W [embed, vocab]: ∂h = ∂z · Wᵀ, ∂W = hᵀ · ∂z
+        dh = _contract_last(dz, weight, 0 if vocab_major else 1)
+        left, right = (dz, h) if vocab_major else (h, dz)
+        dw = dw + jax.lax.dot_general(left.reshape(-1, left.shape[-1]),
+                                      right.reshape(-1, right.shape[-1]),
+                                      (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         return dw, dh.astype(h.dtype)
 
     xs = tuple(_split(x, c) for x in (hidden_btd, tokens_bt, entropy_bt, lse_bt,

@@ -122,12 +122,6 @@ def value_loss(values, old_values, returns, mask, clip_range_value: float):
     return loss, masked_mean((clipped_loss > unclipped_loss).astype(jnp.float32), mask)
 
 
-def entropy_from_logits(logits_btv):
-    """Per-token entropy of the softmax over the vocabulary (float32)."""
-    logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
 def adaptive_kl_update(beta, current_kl, n_steps, target: float, horizon: float):
     """``β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n/horizon)`` (Ziegler et al. 2019; TRL)."""
     error = jnp.clip(current_kl / target - 1.0, -0.2, 0.2)

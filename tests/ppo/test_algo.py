@@ -109,11 +109,3 @@ def test_adaptive_kl_update_is_trls_controller():
         value *= 1 + min(max(kl / 0.1 - 1, -0.2), 0.2) * n / 10000
         beta = algo.adaptive_kl_update(beta, np.float32(kl), n, 0.1, 10000.0)
         assert float(beta) == pytest.approx(value, rel=1e-6)
-
-
-def test_entropy():
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(2, 3, 11)).astype(np.float32)
-    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(algo.entropy_from_logits(logits)),
-                               -(p * np.log(p)).sum(-1), atol=1e-5)
