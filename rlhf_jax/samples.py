@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rlhf_jax.data import pipeline
-from rlhf_jax.data.records import DataError, require_text
+from rlhf_jax.data.records import DataError, require_text, where
 from rlhf_jax.data.templates import policy_prompt
 from rlhf_jax.generate import left_pad, sample
 from rlhf_jax.reward.scoring import RewardScorer
@@ -43,10 +43,20 @@ def read_prompts(path: str) -> list:
 
 
 def read_jsonl(path: str) -> list:
-    """Rows of a JSONL file, each with ``_line`` (1-based); broken lines name the file and line."""
+    """Rows of a JSONL file, each with ``_line`` (1-based); broken lines (not UTF-8, not JSON,
+    not an object) name the file and line."""
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror})") from None
+    with f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path} line {number}: not UTF-8 (byte 0x{raw[err.start]:02x} "
+                                f"at column {err.start + 1}); expected UTF-8 JSON lines") from None
             if not line.strip():
                 continue
             try:
@@ -57,6 +67,22 @@ def read_jsonl(path: str) -> list:
                 raise DataError(f"{path} line {number}: expected a JSON object")
             rows.append({**row, "_line": number})
     return rows
+
+
+def require_keys(rows: Sequence[dict], keys: Sequence[str], path: str,
+                 numeric: Sequence[str] = ()) -> None:
+    """Every row has ``keys`` (those in ``numeric`` as numbers); else a :class:`DataError`
+    naming the file, the line and the key."""
+    for i, row in enumerate(rows):
+        at = where(path, i, row.get("_line"))
+        for key in keys:
+            if key not in row:
+                raise DataError(f"{at}: key {key!r} is missing (expected {', '.join(keys)})")
+        for key in numeric:
+            value = row[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"{at}: key {key!r} is {type(value).__name__} {value!r} "
+                                "(expected a number)")
 
 
 def write_jsonl(rows: Iterable[dict], path: str) -> None:
@@ -71,15 +97,16 @@ def write_jsonl(rows: Iterable[dict], path: str) -> None:
 def generate_samples(model, params, tokenizer, prompts: Sequence[dict], *, samples_per_prompt: int,
                      max_new_tokens: int, temperature: float, top_p: float, top_k: int = 0,
                      repetition_penalty: float = 1.0, template: str = "plain", batch_size: int = 16,
-                     seed: int = 0, bucket: int = 32) -> list:
-    """``samples_per_prompt`` samples of each prompt (``{"id", "prompt"}``) as JSONL-ready rows."""
+                     seed: int = 0, bucket: int = 32, desc: str = "generate") -> list:
+    """``samples_per_prompt`` samples of each prompt (``{"id", "prompt"}``) as JSONL-ready rows;
+    ``desc`` labels the progress bar (the study names the policy)."""
     eos = tokenizer.eos_token_id
     pad = pipeline.pad_token_id(tokenizer)
     jobs = [(p, s) for p in prompts for s in range(samples_per_prompt)]
     encoded = dict(zip([p["id"] for p in prompts], pipeline.policy_prompt_ids(
         tokenizer, [policy_prompt(p["prompt"], template) for p in prompts])))
     rows = []
-    for start in tqdm(range(0, len(jobs), batch_size), desc="generate",
+    for start in tqdm(range(0, len(jobs), batch_size), desc=desc,
                       disable=jax.process_index() != 0):
         chunk = jobs[start:start + batch_size]
         filled = chunk + [chunk[0]] * (batch_size - len(chunk))

@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 
+from rlhf_jax.config import ConfigError
 from rlhf_jax import sharding, training
 from rlhf_jax.models import lora
 from rlhf_jax.models.build import tokenizer_for
@@ -28,8 +29,18 @@ from rlhf_jax.workdir import start_stage
 log = logging.getLogger(__name__)
 
 
+def check_data_source(config) -> None:
+    """``data.source`` names the synthetic task or a source of the registry: checked before
+    anything that depends on it (the tokenizer, the data)."""
+    from rlhf_jax.data.sources import SOURCES
+    if config.data.source != "synthetic" and config.data.source not in SOURCES:
+        raise ConfigError(f"data.source = {config.data.source!r}: no such source (expected "
+                          f"'synthetic' or one of {sorted(SOURCES)})")
+
+
 def experiment_tokenizer(config):
     """The experiment's tokenizer: the synthetic task's own, or ``data.tokenizer`` / the model's."""
+    check_data_source(config)
     if config.data.source == "synthetic" and not config.data.tokenizer:
         from rlhf_jax.data.preferences import synthetic_task
         return synthetic_task(config.data).tokenizer()
@@ -39,7 +50,7 @@ def experiment_tokenizer(config):
 def check_vocab(tokenizer, model_config, role: str = "model") -> None:
     """The tokenizer's ids must fit the model's embedding (``role`` names the model in the error)."""
     if len(tokenizer) > model_config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the {role}'s vocab_size is "
+        raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the {role}'s vocab_size is "
                          f"{model_config.vocab_size}: set model.overrides.vocab_size (presets) or "
                          "use the checkpoint's own tokenizer")
 

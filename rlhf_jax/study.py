@@ -93,7 +93,8 @@ def policy_samples(name: str, export: str, config, prompts, rm, rm_params, rm_to
                             max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                             top_p=s.top_p, repetition_penalty=s.repetition_penalty,
                             template=config.ppo.data.prompt_template,
-                            batch_size=s.batch_size, seed=s.seed, bucket=s.prompt_bucket)
+                            batch_size=s.batch_size, seed=s.seed, bucket=s.prompt_bucket,
+                            desc=f"generate ({name})")
     rows = score_samples(rows, rm, rm_params, rm_tokenizer, template=s.rm_template,
                          batch_size=s.batch_size, buckets=tuple(s.rm_buckets),
                          append_eos=config.rm.rm.append_eos, source=name)

@@ -26,6 +26,7 @@ import numpy as np
 from rlhf_jax.analysis import plots
 from rlhf_jax.analysis.length import length_reward_correlation, weighted_reward_gain
 from rlhf_jax.analysis.reward_models import reward_model_summaries
+from rlhf_jax.data.records import DataError
 
 
 def check_shared_prompts(samples: Mapping[str, Sequence[dict]]) -> None:
@@ -34,14 +35,14 @@ def check_shared_prompts(samples: Mapping[str, Sequence[dict]]) -> None:
     first_name, first = next(iter(sets.items()))
     for name, ids in sets.items():
         if ids != first:
-            raise ValueError(f"policies {first_name!r} and {name!r} were not sampled on the same "
-                             f"prompts ({len(first)} vs {len(ids)} prompt ids, "
-                             f"{len(first ^ ids)} differ)")
+            raise DataError(f"policies {first_name!r} and {name!r} were not sampled on the same "
+                            f"prompts ({len(first)} vs {len(ids)} prompt ids, "
+                            f"{len(first ^ ids)} differ)")
     for name, rows in samples.items():
         missing = [r.get("_line", i) for i, r in enumerate(rows) if "score" not in r]
         if missing:
-            raise ValueError(f"policy {name!r}: {len(missing)} samples have no 'score' (first at "
-                             f"line {missing[0]}); run `rlhf-jax score` first")
+            raise DataError(f"policy {name!r}: {len(missing)} samples have no 'score' (first at "
+                            f"line {missing[0]}); run `rlhf-jax score` first")
 
 
 def policy_row(name: str, rows: Sequence[dict]) -> dict:
@@ -65,9 +66,9 @@ def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: st
     workdir}``; ``extra_tables``: ``{title: rows}`` appended as they are.
     """
     if baseline not in samples:
-        raise ValueError(f"baseline {baseline!r} is not among the policies {list(samples)}")
+        raise DataError(f"baseline {baseline!r} is not among the policies {list(samples)}")
     if len(samples) < 2:
-        raise ValueError("analyze needs the samples of at least two policies")
+        raise DataError("analyze needs the samples of at least two policies")
     check_shared_prompts(samples)
     os.makedirs(out_dir, exist_ok=True)
     policies = [policy_row(name, rows) for name, rows in samples.items()]

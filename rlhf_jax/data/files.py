@@ -40,8 +40,8 @@ def format_of(path: Path) -> str:
             return fmt
     if compressed:
         return "jsonl"  # tfds names downloads '<url digest>.gz': hh-rlhf's .jsonl.gz files
-    raise ValueError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .json, .csv, "
-                     f".csv.gz or .parquet)")
+    raise DataError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .json, .csv, "
+                    f".csv.gz or .parquet)")
 
 
 def _open_text(path: Path):
@@ -50,23 +50,47 @@ def _open_text(path: Path):
     return open(path, "r", encoding="utf-8", newline="")
 
 
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _not_utf8(path: Path, data: bytes, err: UnicodeDecodeError, row: Optional[int] = None,
+              line_no: Optional[int] = None) -> DataError:
+    """The error for bytes that are not UTF-8: the line (counted in ``data`` when not given),
+    the byte and its column."""
+    if line_no is None:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    else:
+        column = err.start + 1
+    at = where(path, row, line_no) if row is not None else f"{path} line {line_no}"
+    return DataError(f"{at}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+                     "expected a UTF-8 file")
+
+
+def _read_utf8(path: Path) -> str:
+    with _open_bytes(path) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, data, err) from None
+
+
 def _iter_json_lines(path: Path) -> Iterator[Tuple[int, int, Any]]:
     row = 0
-    with _open_text(path) as f:
+    with _open_bytes(path) as f:  # decoded line by line, so that an error names its own line
         line_no = 0
-        while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where(path, row, line_no + 1)}: not UTF-8 text ({e.reason}); "
-                                f"expected one JSON object per line") from None
-            if not line:
-                return
+        for raw in f:
             line_no += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, raw, err, row, line_no) from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{where(path, row, line_no)}: broken JSON ({e.msg} at column "
                                 f"{e.colno}); expected one JSON object per line") from None
@@ -75,8 +99,7 @@ def _iter_json_lines(path: Path) -> Iterator[Tuple[int, int, Any]]:
 
 
 def _iter_json_array(path: Path) -> Iterator[Tuple[int, Optional[int], Any]]:
-    with _open_text(path) as f:
-        text = f.read()
+    text = _read_utf8(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -99,6 +122,7 @@ def _iter_csv(path: Path) -> Iterator[Tuple[int, Optional[int], Any]]:
     old_limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # model outputs can exceed the 128 KiB default
     try:
+        _read_utf8(path)  # a decoding error names its line here, not inside the csv module
         with _open_text(path) as f:
             reader = csv.DictReader(f)
             try:
@@ -132,12 +156,13 @@ def iter_rows(path, fmt: Optional[str] = None) -> Iterator[Tuple[int, Optional[i
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file (expected a .jsonl, .json, .csv or .parquet "
+                        "file)")
     fmt = fmt or format_of(path)
     readers = {"jsonl": _iter_json_lines, "json": _iter_json_array, "csv": _iter_csv,
                "parquet": _iter_parquet}
     if fmt not in readers:
-        raise ValueError(f"{path}: unknown format {fmt!r} (expected one of {sorted(readers)})")
+        raise DataError(f"{path}: unknown format {fmt!r} (expected one of {sorted(readers)})")
     return readers[fmt](path)
 
 
@@ -156,7 +181,7 @@ def data_files(directory: Path) -> list:
 
 def check_empty_option(empty: str) -> None:
     if empty not in EMPTY_CHOICES:
-        raise ValueError(f"empty={empty!r}: expected one of {EMPTY_CHOICES}")
+        raise DataError(f"empty={empty!r}: expected one of {EMPTY_CHOICES}")
 
 
 def responses(row, keys: Sequence[str], *, file, row_index: int, line, empty: str,
@@ -200,7 +225,7 @@ def seeded_split(items: Sequence, *, train_size: int, seed: int,
     """
     n = len(items)
     if not 0 <= train_size <= n:
-        raise ValueError(f"train_size={train_size} but there are {n} rows to split "
+        raise DataError(f"train_size={train_size} but there are {n} rows to split "
                          f"(expected 0 <= train_size <= {n})")
     order = np.random.default_rng(seed).permutation(n)
     train = [items[i] for i in order[:train_size] if items[i] is not None]

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Tuple
 import tensorflow_datasets as tfds
 from etils import epath
 
-from rlhf_jax.data.records import PAIR_FIELDS, DropCounter
+from rlhf_jax.data.records import PAIR_FIELDS, DataError, DropCounter
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,15 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def _log_download_bytes(self) -> None:
+        """TFDS prints "Downloading and preparing dataset …" to stdout here, even for a local
+        file; a log line (stderr) says what is prepared from where instead."""
+        log.info("%s: preparing from %s into %s", self.name,
+                 self.builder_config.source_path or "its public download", self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.info("%s: prepared in %s", self.name, self.data_dir)
+
     def _options(self) -> dict:
         return {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.builder_config.options}
 
@@ -206,7 +215,10 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 continue
             generators[split] = self._generate_examples(pairs)
         if not generators:
-            raise ValueError(f"{source}: no pairs in any split ({sorted(splits)})")
+            where = self.builder_config.source_path or "the public download"
+            raise DataError(f"{where}: no preference pairs in it ({source}, splits "
+                            f"{sorted(splits)}; dropped: {drops.counts or 'none'}); expected "
+                            f"at least one row")
         return generators
 
     def _generate_examples(self, pairs):

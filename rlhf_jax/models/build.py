@@ -47,6 +47,29 @@ def resolve_init_path(init: str) -> str:
     return init
 
 
+def checked_init(spec) -> str:
+    """``spec.init`` resolved (:func:`resolve_init_path`), after the checks every builder needs:
+    a checkpoint path exists, ``overrides`` only with a preset, dtypes that are dtypes."""
+    import jax.numpy as jnp
+    for key in ("dtype", "param_dtype"):
+        value = spec.get(key, "float32")
+        try:
+            jnp.dtype(value)
+        except TypeError:
+            raise CheckpointError(f"model.{key} = {value!r}: not a dtype (expected float32, "
+                                  "bfloat16 or float16)") from None
+    init = resolve_init_path(spec.init)
+    if init.startswith("preset:"):
+        return init
+    if not os.path.exists(init):
+        raise CheckpointError(f"model.init = {init!r}: no such file or directory (expected "
+                              "preset:NAME, smollm2, an HF directory or a .gguf file)")
+    if spec.get("overrides"):
+        raise CheckpointError(f"model.overrides apply to presets only; model.init = {init!r} "
+                              "is a checkpoint")
+    return init
+
+
 def _with_options(cfg, spec):
     try:
         adapters = lora.lora_config_from_spec(spec)
@@ -83,13 +106,11 @@ def with_fresh_adapters(model, params, key) -> dict:
 
 def causal_lm(spec, key) -> tuple:
     """``(CausalLM, params)`` for a model spec (see the module docstring)."""
-    init = resolve_init_path(spec.init)
+    init = checked_init(spec)
     if init.startswith("preset:"):
         hf = {**preset_config(init[len("preset:"):]), **dict(spec.get("overrides", {}) or {})}
         model = CausalLM(_with_options(config_from_hf(hf, init), spec))
         return model, init_params(model, key)
-    if spec.get("overrides"):
-        raise CheckpointError(f"model.overrides apply to presets only; {init} is a checkpoint")
     model, params = load_pretrained(init, dtype=spec.get("dtype", "float32"),
                                     param_dtype=spec.get("param_dtype", "float32"))
     model = model.clone(config=_with_options(model.config, spec))
@@ -100,15 +121,10 @@ def model_config(spec):
     """The :class:`~rlhf_jax.models.DecoderConfig` a model spec builds, read without weights:
     a preset's config, an HF directory's ``config.json`` (a scalar export's too), or a GGUF's
     metadata. With ``spec.dtype``, ``param_dtype`` and ``remat`` applied."""
-    init = resolve_init_path(spec.init)
+    init = checked_init(spec)
     if init.startswith("preset:"):
         hf = {**preset_config(init[len("preset:"):]), **dict(spec.get("overrides", {}) or {})}
         return _with_options(config_from_hf(hf, init), spec)
-    if spec.get("overrides"):
-        raise CheckpointError(f"model.overrides apply to presets only; {init} is a checkpoint")
-    if not os.path.exists(init):
-        raise CheckpointError(f"model.init = {init!r}: no such file or directory (expected "
-                              "preset:NAME, smollm2, an HF directory or a .gguf file)")
     if init.endswith(".gguf"):
         from rlhf_jax.models.gguf_import import read_gguf_config
         hf = read_gguf_config(init)
@@ -128,7 +144,7 @@ def abstract_params(model):
 
 def scalar_model(spec, key, readout: str = "last") -> tuple:
     """``(ScalarModel, params)``: a scalar-model export as is, else an LM's trunk + a fresh head."""
-    init = resolve_init_path(spec.init)
+    init = checked_init(spec)
     if not init.startswith("preset:") and is_scalar_export(init):
         model, params = load_scalar_model(init, readout)
         model = model.clone(config=_with_options(model.config, spec))

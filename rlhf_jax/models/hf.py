@@ -72,8 +72,12 @@ def open_safetensors(path: str) -> TensorSource:
     """All tensors of a model directory, from ``model.safetensors`` or a sharded index."""
     index_file = os.path.join(path, SAFETENSORS_INDEX)
     if os.path.isfile(index_file):
-        with open(index_file) as f:
-            weight_map = json.load(f).get("weight_map")
+        try:
+            with open(index_file) as f:
+                weight_map = json.load(f).get("weight_map")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise CheckpointError(f"{index_file}: not a JSON object with a 'weight_map' "
+                                  f"({err})") from None
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index_file}: expected a 'weight_map' object")
         files = {n: os.path.join(path, shard) for n, shard in weight_map.items()}
@@ -81,8 +85,12 @@ def open_safetensors(path: str) -> TensorSource:
         single = os.path.join(path, SAFETENSORS_FILE)
         if not os.path.isfile(single):
             raise CheckpointError(f"{path}: neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX} found")
-        with safe_open(single, framework="numpy") as f:
-            files = {n: single for n in f.keys()}
+        try:
+            with safe_open(single, framework="numpy") as f:
+                files = {n: single for n in f.keys()}
+        except SafetensorError as err:
+            raise CheckpointError(f"{single}: not a readable safetensors file ({err}); was it "
+                                  "truncated? Copy or export it again") from None
     for file in set(files.values()):
         if not os.path.isfile(file):
             raise CheckpointError(f"{index_file}: shard {file} is listed but missing")

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from rlhf_jax.data.records import DropCounter
+from rlhf_jax.data.records import DataError, DropCounter
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def random_data_augmentation(pairs: Sequence[dict], *, fraction: float = 0.25, s
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"R-DA fraction must be in [0, 1], got {fraction}")
     if len({p["prompt"] for p in pairs}) < 2:
-        raise ValueError("R-DA needs pairs with at least two different prompts")
+        raise DataError("R-DA needs pairs with at least two different prompts")
     rng = np.random.default_rng(seed)
     n = len(pairs)
     picked = rng.choice(n, int(round(fraction * n)), replace=False)

@@ -30,7 +30,7 @@ from rlhf_jax import sharding, training
 from rlhf_jax.config import ConfigError
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.preferences import preference_splits
-from rlhf_jax.data.records import DropCounter
+from rlhf_jax.data.records import DataError, DropCounter
 from rlhf_jax.loop import LoopSpec, run_training
 from rlhf_jax.models.build import save_scalar_model, scalar_model
 from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, keep_latest,
@@ -131,8 +131,8 @@ class RewardTrainer:
         chosen = interventions.RM_INTERVENTIONS[self.rm.intervention]
         train = chosen.fn(train, context, self.rm)
         if len(train) < self.rm.batch_size * jax.process_count():
-            raise ValueError(f"only {len(train)} training pairs left after filtering; need at least "
-                             f"one batch of {self.rm.batch_size} per process")
+            raise DataError(f"only {len(train)} training pairs left after filtering; need at least "
+                            f"one batch of {self.rm.batch_size} per process")
         return {"train": train, "eval": evals,
                 "stats": {"train_before_intervention": before, "train": dataset_stats(train),
                           "eval": dataset_stats(evals), "dropped_train": train_drops.counts,
