@@ -2,7 +2,8 @@
 
 Layout::
 
-    WORKDIR/config.json        the resolved config (after overrides), written once
+    WORKDIR/config.json        the resolved config (after overrides), written once (replaced
+                               only while there are no metrics, checkpoints or export)
     WORKDIR/config_changes.jsonl  changes accepted on a rerun (--resume-with-changes), if any
     WORKDIR/metrics.jsonl      one JSON object per logged step: {"step", "split", metrics...}
     WORKDIR/metrics.dropped.jsonl  rows taken out of metrics.jsonl on resume (see below)
@@ -224,6 +225,18 @@ def format_differences(diffs: list) -> str:
     return "; ".join(f"{k}: {json.dumps(old)} → {json.dumps(new)}" for k, old, new in diffs)
 
 
+def has_progress(path: str) -> bool:
+    """Whether a workdir holds anything a run computed: a metrics row, a checkpoint (committed
+    or not, readable or set aside) or an export."""
+    metrics = os.path.join(path, "metrics.jsonl")
+    if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+        return True
+    checkpoints = os.path.join(path, "checkpoints")
+    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+        return True
+    return os.path.exists(os.path.join(path, "export"))
+
+
 def start_stage(config, path: str, *, resume_with_changes: bool = False) -> tuple:
     """``(workdir, finished result or None)`` under the workdir contract.
 
@@ -233,7 +246,9 @@ def start_stage(config, path: str, *, resume_with_changes: bool = False) -> tupl
     ``resume_with_changes``; accepted changes (and result-neutral ones) are appended to
     ``config_changes.jsonl`` and logged. A finished workdir (``result.json``) returns its result,
     and refuses a config that differs in a result-changing key even with
-    ``resume_with_changes``: its result was computed with the recorded one.
+    ``resume_with_changes``: its result was computed with the recorded one. A workdir without
+    progress (:func:`has_progress`: an attempt that stopped on bad input before its first metric
+    or checkpoint) takes the new config, with a log line.
     """
     from rlhf_jax.config import save_config
     wd = Workdir(path)
@@ -245,6 +260,14 @@ def start_stage(config, path: str, *, resume_with_changes: bool = False) -> tupl
         return wd, done
     diffs = config_differences(recorded, resolved_config(config))
     changing = [d for d in diffs if changes_results(d[0])]
+    if changing and done is None and not has_progress(wd.path):
+        # an earlier attempt stopped before its first metric or checkpoint (bad input, a typo):
+        # nothing was computed with the recorded config, so the corrected one replaces it
+        if wd.is_writer:
+            save_config(config, wd.file("config.json"))
+        log.warning("workdir %s: no metrics or checkpoints yet; its config.json is replaced by "
+                    "this run's (%s)", wd.path, format_differences(changing))
+        return wd, done
     if done is not None:
         if changing:
             raise WorkdirError(
