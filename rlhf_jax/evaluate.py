@@ -213,7 +213,8 @@ preferred output, which can be subjective. Your answer should ONLY contain: Outp
 
 
 class JudgeError(RuntimeError):
-    """The judge endpoint kept failing or answering something unparseable."""
+    """The LLM judge cannot judge: no endpoint or model configured, or the endpoint kept
+    failing or answering something unparseable."""
 
 
 class ChatJudge:
@@ -231,8 +232,8 @@ class ChatJudge:
         self.model = model or os.environ.get("RLHF_JAX_JUDGE_MODEL", "")
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY", "")
         if not self.base_url or not self.model:
-            raise ValueError("ChatJudge needs a base_url and a model (or RLHF_JAX_JUDGE_BASE_URL "
-                             "and RLHF_JAX_JUDGE_MODEL)")
+            raise JudgeError("the chat judge needs an endpoint and a model: --base-url and "
+                             "--judge-model (or RLHF_JAX_JUDGE_BASE_URL and RLHF_JAX_JUDGE_MODEL)")
         self.cache_path, self.seed = cache_path, seed
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
         self.cache = self._load_cache()

@@ -143,7 +143,7 @@ CASES = [
     Case("chat judge without an endpoint (evaluate)",
          lambda i: ["evaluate", "--a", f"{i}/scored.jsonl", "--b", f"{i}/scored.jsonl",
                     "--judge", "chat"],
-         r"ChatJudge needs a base_url and a model"),
+         r"the chat judge needs an endpoint and a model: --base-url and --judge-model"),
     Case("prompts file that does not exist (generate)",
          lambda i: ["generate", "--model", f"{i}/lm", "--prompts", f"{i}/no_prompts.jsonl",
                     "--out", f"{i}/out.jsonl"],
