@@ -92,3 +92,23 @@ def test_progress_is_any_metric_checkpoint_or_export(tmp_path, made):
     else:
         (tmp_path / made).mkdir(parents=True, exist_ok=True)
     assert has_progress(str(tmp_path))
+
+
+def test_resume_moves_later_rows_and_a_torn_line_aside(tmp_path, caplog):
+    from rlhf_jax.workdir import Workdir
+    wd = Workdir(str(tmp_path))
+    for step in (1, 2, 3, 4):
+        wd.log_metrics(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "split": "tr')  # killed mid-write
+    with caplog.at_level(logging.WARNING):
+        assert [r["step"] for r in wd.read_metrics()] == [1, 2, 3, 4]  # read: skipped, named
+    assert "metrics.jsonl line 5: not a JSON metrics row" in caplog.text
+    wd.resume_metrics(2)  # the run continues from the checkpoint of step 2
+    assert [r["step"] for r in wd.read_metrics()] == [1, 2]
+    dropped = [json.loads(line) for line in open(tmp_path / "metrics.dropped.jsonl")]
+    assert [d.get("step") for d in dropped] == [3, 4, None]
+    assert dropped[2] == {"dropped": "unreadable line 5", "text": '{"step": 5, "split": "tr'}
+    wd.log_metrics(3, {"loss": 3.5})  # logged again by the resumed run: once in the file
+    assert [(r["step"], r["loss"]) for r in wd.read_metrics()] == [(1, 1.0), (2, 2.0), (3, 3.5)]
+    wd.close()
