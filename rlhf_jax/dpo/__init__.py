@@ -1,0 +1,1 @@
+"""Direct preference optimisation: the DPO family of losses (:mod:`rlhf_jax.dpo.losses`)."""
