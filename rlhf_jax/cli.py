@@ -16,6 +16,8 @@ Sub-commands:
   (:mod:`rlhf_jax.reward.train`).
 * ``rlhf-jax ppo --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE …]``: PPO
   with the paper's reward shaping (:mod:`rlhf_jax.ppo.trainer`).
+* ``rlhf-jax dpo --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE …]``: DPO, R-DPO or
+  SimPO on preference pairs (:mod:`rlhf_jax.dpo.train`).
 * ``rlhf-jax run CONFIG --workdir DIR``: the whole study of a config, every stage
   resumable (:mod:`rlhf_jax.study`).
 * ``rlhf-jax analyze --samples NAME=FILE … --out DIR``: NRG, length–reward
@@ -220,6 +222,8 @@ def cmd_stage(args) -> int:
         from rlhf_jax.sft import train_sft as run
     elif args.command == "ppo":
         from rlhf_jax.ppo.trainer import train_ppo as run
+    elif args.command == "dpo":
+        from rlhf_jax.dpo.train import train_dpo as run
     else:
         from rlhf_jax.reward.train import train_reward_model as run
     result = run(config, args.workdir, resume_with_changes=args.resume_with_changes)
@@ -321,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(func=cmd_fit)
     for name, help_text in (("sft", "supervised fine-tuning of a policy"),
                             ("train-rm", "train a Bradley–Terry reward model"),
-                            ("ppo", "PPO against a reward model or a length-only reward")):
+                            ("ppo", "PPO against a reward model or a length-only reward"),
+                            ("dpo", "DPO, R-DPO or SimPO on preference pairs")):
         stage = sub.add_parser(name, help=help_text,
                                epilog="Override any config key with --config.KEY=VALUE.")
         stage.add_argument("--config", required=True, help="experiment file, optionally FILE:ARG")

@@ -91,6 +91,15 @@ def sft_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
     })
 
 
+def dpo_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
+    """``data`` of the DPO stage: the reward model's preference pairs and splits, read with the
+    policy's prompt template (no reward-model input template)."""
+    data = preference_data_spec(source)
+    del data["template"]
+    data.prompt_template = "plain"  # policy prompt template
+    return data
+
+
 def prompt_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
     """``data`` of the PPO stage: RL prompts, their template and length filter.
 
@@ -161,6 +170,33 @@ def sft_section() -> mlc.ConfigDict:
         "train_file": "",          # JSONL of {prompt, response} ("" with data.source=synthetic)
         "eval_fraction": 0.05,
     })
+
+
+def dpo_section() -> mlc.ConfigDict:
+    """The DPO stage's loss and optimiser (``loss``: a name in
+    :data:`rlhf_jax.dpo.losses.PREFERENCE_LOSSES`; each loss reads its own options)."""
+    return mlc.ConfigDict({
+        "loss": "dpo",
+        "beta": 0.1,               # DPO / R-DPO: β on the log-ratios; SimPO: β on mean log-probs
+        "label_smoothing": 0.0,    # DPO: conservative label smoothing ε
+        "alpha": 0.0,              # R-DPO: α on the length difference |y_w| − |y_l| (tokens)
+        "gamma": 0.5,              # SimPO: target reward margin γ
+        "lr": 5e-6, "lr_schedule": "linear", "warmup_steps": 0, "epochs": 1, "batch_size": 8,
+        "eval_batch_size": 16, "accum_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "log_every": 10,
+        "eval_every": 200,
+        "eval_prompts": 32,        # eval pairs' prompts sampled at each evaluation (0: none)
+        "eval_max_new_tokens": 128,
+        "eval_temperature": 1.0,
+    })
+
+
+def dpo_config(source: str = "synthetic", init: str = "preset:tiny-llama") -> mlc.ConfigDict:
+    """A complete ``rlhf-jax dpo`` config with defaults (the policy starts from ``init``, and
+    the frozen reference is the same checkpoint)."""
+    return mlc.ConfigDict({"seed": 0, "model": model_spec(init), "data": dpo_data_spec(source),
+                           "dpo": dpo_section(), "mesh": mesh_spec(),
+                           "checkpoint": checkpoint_spec()})
 
 
 def reward_model_config(source: str = "synthetic", init: str = "preset:tiny-llama") -> mlc.ConfigDict:

@@ -102,6 +102,31 @@ def tokenize_sft(examples: Sequence[dict], tokenizer, *, template: str = "plain"
     return out, drops
 
 
+def tokenize_preference_responses(pairs: Sequence[dict], tokenizer, *, template: str = "plain",
+                                  max_length: int = 512, source: str = "pairs"):
+    """Preference pairs for direct preference losses (DPO and its kin): for each side,
+    ``{side}_ids`` = policy prompt + response + EOS and ``{side}_loss_mask`` = 1 on the
+    response tokens (and EOS), as :func:`tokenize_sft` makes them. A pair with either side
+    longer than ``max_length`` tokens is dropped and counted."""
+    prompts = policy_prompt_ids(tokenizer, [policy_prompt(p["prompt"], template) for p in pairs])
+    sides = {side: _token_ids(tokenizer, [p[side] for p in pairs]) for side in ("chosen", "rejected")}
+    drops, out = DropCounter(), []
+    for i, pair in enumerate(pairs):
+        example = {"index": i, "id": pair["id"]}
+        for side, responses in sides.items():
+            ids = np.concatenate([np.asarray(prompts[i], np.int32),
+                                  _with_eos(responses[i], tokenizer.eos_token_id)])
+            loss_mask = np.zeros(len(ids), np.int32)
+            loss_mask[len(prompts[i]):] = 1
+            example[f"{side}_ids"], example[f"{side}_loss_mask"] = ids, loss_mask
+        if max(len(example["chosen_ids"]), len(example["rejected_ids"])) > max_length:
+            drops.add(f"longer than max_length={max_length} tokens")
+            continue
+        out.append(example)
+    drops.log(log, source)
+    return out, drops
+
+
 def bucket_width(length: int, buckets: Sequence[int]) -> int:
     """The smallest bucket ≥ ``length`` (buckets sorted ascending)."""
     position = bisect.bisect_left(list(buckets), length)
@@ -149,6 +174,21 @@ def collate_sft(examples: Sequence[dict], *, batch_size: int, width: int, pad_id
     return {"ids": pad_rows([e["ids"] for e in rows], width, pad_id),
             "mask": pad_rows([np.ones_like(e["ids"]) for e in rows], width, 0),
             "loss_mask": pad_rows(loss_masks, width, 0)}
+
+
+def collate_preference_responses(examples: Sequence[dict], *, batch_size: int, width: int,
+                                 pad_id: int) -> dict:
+    """Stack :func:`tokenize_preference_responses` examples into ``[batch_size, width]``
+    arrays per side: ``{side}_ids``, ``{side}_mask``, ``{side}_loss_mask``; ``weight`` is 0 on
+    filler rows."""
+    rows, real = _fill(examples, batch_size)
+    batch = {"index": np.asarray([e["index"] for e in rows], np.int32),
+             "weight": real.astype(np.float32)}
+    for side in ("chosen", "rejected"):
+        batch[f"{side}_ids"] = pad_rows([e[f"{side}_ids"] for e in rows], width, pad_id)
+        batch[f"{side}_mask"] = pad_rows([np.ones_like(e[f"{side}_ids"]) for e in rows], width, 0)
+        batch[f"{side}_loss_mask"] = pad_rows([e[f"{side}_loss_mask"] for e in rows], width, 0)
+    return batch
 
 
 def batches(examples: Sequence[dict], collate, *, batch_size: int, buckets: Sequence[int],
