@@ -20,6 +20,7 @@ CORE = [
     "tqdm>=4.66",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "matplotlib>=3.8",  # cartography and analysis plots
+    "statsmodels>=0.14",  # LOWESS of post-hoc reward calibration (rlhf_jax.reward.calibration)
 ]
 
 # torch is pinned to the CPU build that the test machines carry as a file: a bare

@@ -152,6 +152,9 @@ def reward_model_section() -> mlc.ConfigDict:
         "log_every": 10, "eval_every": 200,
         "intervention": "none",    # none | bal | rda | ctr (Table 4)
         "cartography": False,      # log r⁺ − r⁻ per example per pass (C-TR needs it)
+        # post-hoc length calibration fitted on the eval pairs and stored with the export
+        # (none | lowess; rlhf_jax.reward.calibration): LOWESS span and robustifying iterations
+        "calibration": "none", "calibration_frac": 0.3, "calibration_it": 3,
         "bal": {"bin_width": 10, "limit": 200},
         "rda": {"fraction": 0.25},
         # C-TR keeps examples with confidence in [low, high] (values, or quantiles with by="quantile"),
@@ -309,7 +312,10 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
                    # the frozen reward model, sharded over the mesh: compute and storage dtypes
                    "dtype": "float32", "param_dtype": "float32",
                    "append_eos": False,  # as the paper's scoring pipeline
-                   "max_length": 512, "buckets": (128, 256, 384, 512)},
+                   "max_length": 512, "buckets": (128, 256, 384, 512),
+                   # none | lowess: subtract the length trend stored with the export
+                   # (train-rm with rm.calibration='lowess'; rlhf_jax.reward.calibration)
+                   "calibration": "none"},
         "shaping": {
             "shapers": (),             # names in rlhf_jax.ppo.shaping.SHAPERS, applied in order
             "target_length": 156.0,    # N of LPPO and of the length penalty's "paper" variant

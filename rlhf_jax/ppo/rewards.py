@@ -24,6 +24,8 @@ import numpy as np
 
 from rlhf_jax.config import ConfigError
 from rlhf_jax.models.build import check_scalar_export, scalar_model, tokenizer_for
+from rlhf_jax.reward.calibration import (CALIBRATION_FILE, CALIBRATIONS, load_calibration,
+                                         response_lengths)
 from rlhf_jax.reward.scoring import RewardScorer
 
 REWARD_KINDS = ("model", "length_only", "function")
@@ -80,14 +82,38 @@ class Rewards:
                                            append_eos=reward_cfg.append_eos, mesh=mesh)
             except ValueError as err:
                 raise ConfigError(f"reward model {reward_cfg.model}: {err}") from None
+        self.calibration = calibration_of(reward_cfg)
 
     def __call__(self, prompts, responses) -> tuple[np.ndarray, Optional[np.ndarray]]:
         rm_scores = self.scorer(prompts, responses) if self.scorer is not None else None
+        if self.calibration is not None:  # r − b̂(len): the stored length trend removed
+            rm_scores = self.calibration.calibrate(rm_scores, response_lengths(responses))
         if self.kind == "model":
             return rm_scores, rm_scores
         if self.kind == "function":
             return function_scores(self.function, prompts, responses, self.cfg.function), rm_scores
         return np.zeros(len(responses), np.float32), rm_scores
+
+
+def calibration_of(reward_cfg):
+    """``reward.calibration``: ``none``, or ``lowess``, the length trend stored with the reward
+    model's export (:mod:`rlhf_jax.reward.calibration`), which then replaces its scores by
+    r − b̂(len) wherever they are used (the reward itself, or the ``env/rm_score`` monitor)."""
+    method = reward_cfg.get("calibration", "none")
+    if method not in CALIBRATIONS:
+        raise ConfigError(f"config key 'reward.calibration' = {method!r}; expected one of "
+                          f"{CALIBRATIONS}")
+    if method == "none":
+        return None
+    if not reward_cfg.model:
+        raise ConfigError("reward.calibration='lowess' calibrates a reward model's scores: set "
+                          "reward.model")
+    calibration = load_calibration(reward_cfg.model)
+    if calibration is None:
+        raise ConfigError(f"reward.calibration='lowess': {reward_cfg.model} has no "
+                          f"{CALIBRATION_FILE}; train the reward model with "
+                          "rm.calibration='lowess' (it is fitted on its eval pairs)")
+    return calibration
 
 
 def function_scores(fn, prompts, responses, name: str) -> np.ndarray:

@@ -36,7 +36,9 @@ from rlhf_jax.models.build import save_scalar_model, scalar_model
 from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, keep_latest,
                             open_stage, stage_label, stage_mesh, supervised_setup)
 from rlhf_jax.reward import cartography, interventions
+from rlhf_jax.reward.calibration import CALIBRATIONS, calibrate_export
 from rlhf_jax.reward.losses import bradley_terry_loss
+from rlhf_jax.reward.scoring import RewardScorer
 from rlhf_jax.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ class RewardTrainer:
         if len(train) < self.rm.batch_size * jax.process_count():
             raise DataError(f"only {len(train)} training pairs left after filtering; need at least "
                             f"one batch of {self.rm.batch_size} per process")
-        return {"train": train, "eval": evals,
+        return {"train": train, "eval": evals, "eval_pairs": eval_pairs,
                 "stats": {"train_before_intervention": before, "train": dataset_stats(train),
                           "eval": dataset_stats(evals), "dropped_train": train_drops.counts,
                           "dropped_eval": eval_drops.counts,
@@ -210,6 +212,9 @@ def train_reward_model(config, workdir: str, *, resume_with_changes: bool = Fals
     wd, done = open_stage(config, workdir, resume_with_changes=resume_with_changes)
     if done is not None:
         return done
+    if config.rm.calibration not in CALIBRATIONS:
+        raise ConfigError(f"rm.calibration = {config.rm.calibration!r}; expected one of "
+                          f"{CALIBRATIONS}")
     trainer = RewardTrainer(config, workdir)
     needs = interventions.RM_INTERVENTIONS[config.rm.intervention].needs_cartography
     stats = _cartography_stats(config, wd, resume_with_changes) if needs else None
@@ -226,7 +231,25 @@ def train_reward_model(config, workdir: str, *, resume_with_changes: bool = Fals
             result["cartography"] = cartography.plot_cartography(stats, lengths,
                                                                   wd.file("cartography.png"))
     save_scalar_model(trainer.model, state.params, wd.export, tokenizer=trainer.tokenizer)
+    if config.rm.calibration == "lowess":
+        result["calibration"] = fit_calibration(config, trainer, state.params, data["eval_pairs"],
+                                                wd.export)
     return finish_stage(wd, result)
+
+
+def fit_calibration(config, trainer, params, eval_pairs, export: str) -> dict:
+    """``rm.calibration = "lowess"``: the trained model scores both responses of its eval pairs,
+    and the length trend of those scores is stored with the export
+    (:mod:`rlhf_jax.reward.calibration`)."""
+    if jax.process_count() > 1:
+        raise ConfigError("rm.calibration='lowess' is fitted on one process; run "
+                          "`rlhf-jax train-rm` on one host, or fit it there afterwards")
+    scorer = RewardScorer(trainer.model, jax.device_get(params), trainer.tokenizer,
+                          template=config.data.template, max_length=config.data.max_length,
+                          buckets=tuple(sorted(config.data.buckets)),
+                          append_eos=config.rm.append_eos, batch_size=config.rm.eval_batch_size)
+    return calibrate_export(scorer, eval_pairs, export, frac=config.rm.calibration_frac,
+                            it=config.rm.calibration_it)
 
 
 def _cartography_stats(config, wd: Workdir, resume_with_changes: bool = False) -> dict:
