@@ -270,6 +270,43 @@ def paper_reward_model_config(source: str, intervention: str) -> mlc.ConfigDict:
     return with_intervention(config, intervention)
 
 
+DPO_LOSS_SETTINGS = {"dpo": {"beta": 0.1}, "rdpo": {"beta": 0.1, "alpha": 0.01},
+                     "simpo": {"beta": 2.0, "gamma": 1.0}}
+"""Each loss's coefficients in the paper-dataset configs: DPO's β = 0.1 (Rafailov et al.),
+R-DPO's α = 0.01 per token (within the 0.005–0.05 Park et al. swept), SimPO's β = 2, γ = 1
+(γ/β = 0.5, within Meng et al.'s Llama-3-8B-base ranges)."""
+
+
+def paper_dpo_config(source: str, loss: str, prompt_template: str) -> mlc.ConfigDict:
+    """DPO-family training on one of the paper's datasets, at the paper's scale: the SFT model
+    (``checkpoints/llama-7b-sft``), the reward model's pairs and 512-token limit, LoRA as the
+    paper's runs (r 8, α 32, dropout 0.1 on q_proj and v_proj, a bfloat16 base; the reference
+    is that base with the adapters off), bfloat16 compute, remat, FSDP over all chips; the
+    policy prompt template of the paper's PPO runs on that dataset. AdamW lr 5e-6 with linear
+    decay and 100 warm-up steps, 8 pairs per update, one epoch."""
+    from rlhf_jax.dpo.losses import PREFERENCE_LOSSES
+    if loss not in PREFERENCE_LOSSES:
+        raise ValueError(f"unknown DPO loss {loss!r}; expected one of {sorted(PREFERENCE_LOSSES)}")
+    config = dpo_config(source, init="checkpoints/llama-7b-sft")
+    with_lora(config, rank=8, alpha=32, dropout=0.1)
+    config.model.dtype = "bfloat16"
+    config.model.remat = "full"
+    config.data.max_length = 512
+    config.data.buckets = (128, 256, 384, 512)
+    config.data.prompt_template = prompt_template
+    config.dpo.loss = loss
+    config.dpo.update(DPO_LOSS_SETTINGS[loss])
+    config.dpo.lr = 5e-6
+    config.dpo.warmup_steps = 100
+    config.dpo.batch_size = 8
+    config.dpo.eval_batch_size = 32
+    config.dpo.eval_every = 500
+    config.dpo.eval_prompts = 64
+    config.dpo.eval_max_new_tokens = 256
+    config.mesh = mesh_spec(data=1, fsdp=-1, tensor=1)
+    return config
+
+
 def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
     """A complete ``rlhf-jax ppo`` config with TRL 0.5's defaults as the paper used them (§2.2, App. A).
 

@@ -154,3 +154,43 @@ def test_ppo_with_lora_keeps_no_reference_copy_and_donates_the_state():
     # full fine-tuning keeps a reference copy resident while the sampler runs; LoRA does not
     assert phases["lora"]["sampler"].resident_bytes < phases["full"]["sampler"].resident_bytes
     assert lora.fits and full.fits
+
+
+def tiny_dpo_config(lora_rank: int, loss: str = "dpo"):
+    config = load_config(f"configs/synthetic/dpo.py:{loss}")
+    with config.unlocked():
+        config.model.init = "preset:tiny-llama"
+        config.model.lora_rank = lora_rank
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
+    return config
+
+
+def test_dpo_phases_follow_where_the_reference_comes_from():
+    """Full fine-tuning: a frozen copy (its own forward, resident beside the train state);
+    LoRA: the base inside the step (no copy, a second forward counted in the step's FLOPs);
+    SimPO: no reference at all."""
+    from rlhf_jax.fit.counting import decoder_forward_flops, train_flops
+    from rlhf_jax.models.build import model_config
+    reports = {name: fit.fit(tiny_dpo_config(rank, loss), "v5e-8")[0]
+               for name, rank, loss in (("copy", 0, "dpo"), ("base", 4, "dpo"),
+                                        ("none", 0, "simpo"))}
+    names = {k: [p.name for p in r.phases] for k, r in reports.items()}
+    assert names == {"copy": ["dpo step", "dpo reference", "dpo eval"],
+                     "base": ["dpo step", "dpo eval"], "none": ["dpo step", "dpo eval"]}
+    copy = {p.name: p for p in reports["copy"].phases}
+    # the step keeps the frozen copy resident (no more than the reference forward's arguments:
+    # the copy and a batch); the reference forward keeps the train state (params + 2 moments)
+    assert 0 < copy["dpo step"].resident_bytes <= copy["dpo reference"].argument_bytes
+    assert copy["dpo reference"].resident_bytes > 2 * copy["dpo step"].resident_bytes
+    assert reports["none"].phases[0].resident_bytes == reports["base"].phases[0].resident_bytes == 0
+    config = tiny_dpo_config(0)
+    tokens = 2 * config.dpo.batch_size * max(config.data.buckets)
+    cfg = model_config(config.model)
+    assert reports["copy"].phases[0].flops == pytest.approx(
+        train_flops(cfg, tokens, max(config.data.buckets)))
+    # LoRA: fewer training passes (no base weight gradients), plus the base's forward
+    lora_cfg = model_config(tiny_dpo_config(4).model)
+    assert reports["base"].phases[0].flops == pytest.approx(
+        train_flops(lora_cfg, tokens, max(config.data.buckets))
+        + decoder_forward_flops(lora_cfg, tokens, max(config.data.buckets)))
+    assert all(r.fits for r in reports.values())

@@ -36,9 +36,9 @@ from rlhf_jax.fit.counting import (decoder_forward_flops, matmul_params, shard_b
                                    train_flops)
 from rlhf_jax.fit.phases import (Phase, _hosts, abstract, compile_phase, compile_phases, fits,
                                  out_of_memory_bytes)
-from rlhf_jax.fit.stages import fit_ppo, fit_reward_model, fit_sft
+from rlhf_jax.fit.stages import fit_dpo, fit_ppo, fit_reward_model, fit_sft
 
-STAGES = {"sft": fit_sft, "rm": fit_reward_model, "ppo": fit_ppo}
+STAGES = {"sft": fit_sft, "rm": fit_reward_model, "ppo": fit_ppo, "dpo": fit_dpo}
 """The stage fitters by config section; a study config (several sections) fits each."""
 
 

@@ -95,6 +95,66 @@ def fit_sft(config, devices, chip: Chip, stop_at_first_miss: bool = False) -> li
     ], chip=chip, stop_at_first_miss=stop_at_first_miss)
 
 
+def fit_dpo(config, devices, chip: Chip, stop_at_first_miss: bool = False) -> list:
+    """The DPO stage: the step (both responses of each pair in one forward, plus the reference
+    forward inside it with LoRA), the reference forward of a frozen copy (without LoRA), and
+    the eval."""
+    from rlhf_jax.data import pipeline
+    from rlhf_jax.dpo.losses import preference_loss
+    from rlhf_jax.dpo.train import pair_logprobs, pair_sums, preference_objective, reference_mode
+    from rlhf_jax.models import CausalLM
+    from rlhf_jax.models.build import abstract_params, model_config
+    from rlhf_jax.stage import stage_mesh, supervised_steps
+
+    mesh = stage_mesh(config, devices)
+    cfg = model_config(config.model)
+    model = CausalLM(cfg)
+    params = abstract_params(model)
+    loss, reference = preference_loss(config.dpo.loss, config.dpo), reference_mode(config)
+    objective = functools.partial(preference_objective, loss=loss, reference=reference)
+    steps = supervised_steps(model, params, config.dpo, loss_fn=objective, total_steps=1000,
+                             mesh=mesh)
+    state = abstract(jax.eval_shape(lambda p: init_state(p, steps.tx), params), steps.shardings)
+    width, hosts = _width(config.data), _hosts(devices)
+
+    def pair_batch(rows):
+        ids, mask = np.zeros(width, np.int32), np.ones(width, np.int32)
+        example = {"index": 0, "chosen_ids": ids, "rejected_ids": ids, "chosen_loss_mask": mask,
+                   "rejected_loss_mask": mask}
+        batch = pipeline.collate_preference_responses([example], batch_size=rows * hosts,
+                                                      width=width, pad_id=0)
+        if reference == "batch":
+            batch["ref_chosen"] = batch["ref_rejected"] = np.zeros(rows * hosts, np.float32)
+        return _batch_struct(batch, mesh)
+
+    n, rows = len(devices), config.dpo.batch_size * hosts
+    step_tokens = 2 * rows * width
+    step_flops = train_flops(cfg, step_tokens, width)
+    if reference == "base":  # the frozen base's forward runs inside the step
+        step_flops += decoder_forward_flops(cfg, step_tokens, width)
+    frozen_copy = shard_bytes(state.params) if reference == "batch" else 0
+    phases = [dict(name="dpo step", fn=steps.train_step, args=(state, pair_batch(config.dpo.batch_size)),
+                   mesh=mesh, num_chips=n, flops=step_flops, resident_bytes=frozen_copy,
+                   note=f"{rows} pairs × {width} ({config.dpo.loss}, reference: {reference}), "
+                        f"accum {config.dpo.accum_steps}")]
+    if reference == "batch":  # a frozen copy of the initial weights, beside the train state
+        phases.append(dict(
+            name="dpo reference", fn=jax.jit(lambda p, b: pair_logprobs(p, b, model=model)[:2]),
+            args=(state.params, pair_batch(config.dpo.batch_size)), mesh=mesh, num_chips=n,
+            resident_bytes=shard_bytes(state), flops=decoder_forward_flops(cfg, step_tokens, width),
+            note=f"{rows} pairs × {width}, the frozen copy beside the train state"))
+    eval_rows = config.dpo.eval_batch_size * hosts
+    phases.append(dict(
+        name="dpo eval", fn=jax.jit(functools.partial(pair_sums, model=model, loss=loss,
+                                                      reference=reference)),
+        args=(state.params, pair_batch(config.dpo.eval_batch_size)), mesh=mesh, num_chips=n,
+        resident_bytes=shard_bytes(state.opt_state) + frozen_copy,
+        flops=decoder_forward_flops(cfg, 2 * eval_rows * width, width)
+        * (2 if reference == "base" else 1),
+        note=f"{eval_rows} pairs × {width}"))
+    return compile_phases(phases, chip=chip, stop_at_first_miss=stop_at_first_miss)
+
+
 def fit_ppo(config, devices, chip: Chip, stop_at_first_miss: bool = False) -> list:
     """The PPO stage: sampler, reference forward, policy/value forward, reward scoring, update.
 
