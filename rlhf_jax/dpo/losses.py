@@ -23,6 +23,8 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.config import ConfigError
+
 Losses = Tuple[jax.Array, jax.Array, jax.Array]
 
 
@@ -107,8 +109,8 @@ def preference_loss(name: str, section) -> Callable[..., Losses]:
     """The registered loss ``name`` with its options read from ``section`` (a config section
     holding at least those keys)."""
     if name not in PREFERENCE_LOSSES:
-        raise ValueError(f"dpo.loss = {name!r}: unknown; expected one of "
-                         f"{sorted(PREFERENCE_LOSSES)}")
+        raise ConfigError(f"dpo.loss = {name!r}: unknown; expected one of "
+                          f"{sorted(PREFERENCE_LOSSES)}")
     entry = PREFERENCE_LOSSES[name]
     options = {key: section[key] for key in entry.options}
     return lambda *args: entry.fn(*args, **options)

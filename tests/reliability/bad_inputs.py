@@ -79,6 +79,15 @@ CASES = [
          lambda i: ppo(i, "minibatch", f"--config.reward.model={i}/rm",
                        "--config.ppo.batch_size=12", "--config.ppo.mini_batch_size=8"),
          r"ppo\.batch_size 12 is not a multiple of ppo\.mini_batch_size 8"),
+    Case("unknown dpo.loss",
+         lambda i: ["dpo", "--config", os.path.join(CONFIGS, "dpo.py"), "--workdir",
+                    f"{i}/workdirs/dpo_loss", f"--config.model.init={i}/lm", "--config.dpo.loss=ipo"],
+         r"dpo\.loss = 'ipo': unknown; expected one of \['dpo', 'rdpo', 'simpo'\]"),
+    Case("reward.calibration without a fitted calibration",
+         lambda i: ppo(i, "calibration", f"--config.reward.model={i}/rm",
+                       "--config.reward.calibration=lowess"),
+         r"reward\.calibration='lowess': .*rm has no calibration\.json; train the reward model "
+         r"with rm\.calibration='lowess'"),
     # data files
     Case("empty data file", lambda i: local_data(i, "empty", "empty.jsonl"),
          r"empty\.jsonl: no preference pairs in it"),
