@@ -349,8 +349,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(rest)
     args.overrides = overrides
     if args.command == "fit":  # compile-only TPU devices: JAX itself runs on the CPU
+        from rlhf_jax.console import quiet_compile_only_tpu
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        quiet_compile_only_tpu()
     from rlhf_jax.xla_cpu import tune_cpu_flags
     tune_cpu_flags()  # before JAX starts its CPU backend; RLHF_JAX_CPU_TUNING=0 opts out
     if args.command != "fit":

@@ -15,6 +15,9 @@ Three messages look like failures and are not:
   warnings stay).
 * TFDS prints "Downloading and preparing dataset" to stdout for a builder that reads a local
   file; :class:`rlhf_jax.data.tfds_pairs.PairsBuilder` logs its own line instead.
+
+``rlhf-jax fit`` needs libtpu itself (it compiles for TPU topologies on this host); there
+:func:`quiet_compile_only_tpu` gives libtpu's start-up the placeholders it asks for.
 """
 
 from __future__ import annotations
@@ -63,6 +66,25 @@ def platforms_for_this_host(env: MutableMapping[str, str] = os.environ,
         return False
     env["JAX_PLATFORMS"] = "cpu"
     return True
+
+
+def quiet_compile_only_tpu(env: MutableMapping[str, str] = os.environ,
+                           pci_root: str = "/sys/bus/pci/devices") -> bool:
+    """For ``rlhf-jax fit`` on a host without a TPU chip: libtpu starts to compile for a named
+    topology, and on start-up looks for this host's accelerator type and worker hostnames,
+    printing a warning and a C++ error when it finds none. Give it placeholders (each only if
+    unset): a single local worker. The topology ``fit`` compiles for is named explicitly, so
+    the compiled programs and their memory figures are the same (checked on v5e-8 and v4-8).
+    Returns whether it set anything."""
+    if tpu_chips_attached(pci_root) > 0:
+        return False
+    changed = False
+    for key, value in (("TPU_WORKER_HOSTNAMES", "localhost"),
+                       ("TPU_ACCELERATOR_TYPE", "v5litepod-8")):
+        if key not in env:
+            env[key] = value
+            changed = True
+    return changed
 
 
 def quiet_start_up(env: MutableMapping[str, str] = os.environ) -> None:

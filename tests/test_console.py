@@ -62,3 +62,12 @@ def test_quiet_start_up_keeps_a_users_transformers_setting(host):
     env = {"TRANSFORMERS_NO_ADVISORY_WARNINGS": "0"}
     console.quiet_start_up(env)
     assert env["TRANSFORMERS_NO_ADVISORY_WARNINGS"] == "0"
+
+
+def test_fit_gets_libtpu_placeholders_only_without_a_chip(tmp_path):
+    env = {"TPU_ACCELERATOR_TYPE": "v4-8"}
+    assert console.quiet_compile_only_tpu(env, pci_root=str(tmp_path))
+    assert env == {"TPU_ACCELERATOR_TYPE": "v4-8", "TPU_WORKER_HOSTNAMES": "localhost"}
+    add_pci_device(tmp_path, "0000:00:05.0", console.GOOGLE_PCI_VENDOR)
+    env = {}
+    assert not console.quiet_compile_only_tpu(env, pci_root=str(tmp_path)) and env == {}
