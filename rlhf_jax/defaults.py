@@ -334,6 +334,9 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
             "reference": "",           # "" = the initial policy; else a checkpoint of the same shape
             "reference_param_dtype": "",  # the frozen reference's storage ("" = model.param_dtype)
             "save_every": 25,
+            # gae (the paper) | grpo | dr_grpo: rlhf_jax.ppo.algo.ADVANTAGE_ESTIMATORS; the group
+            # ones sample group_size responses per prompt and use no value loss
+            "advantage_estimator": "gae", "group_size": 1,
         },
         # caps: LengthSampler(min, max) = uniform over min … max − 1, one draw per cap_chunk rows
         # (the paper: output_max_length 156 → LengthSampler(154, 156), TRL generates 4 at a time)

@@ -18,9 +18,14 @@ Per token ``t`` of a response ``y`` to prompt ``x``:
 - Policy loss (:func:`policy_loss`): ``mean(max(−A·ρ_t, −A·clip(ρ_t, 1 ± ε)))`` with
   ``ρ_t = exp(lp_new − lp_old)``.
 - Value loss (:func:`value_loss`): ``½·mean(max((v − R)², (clip(v, v_old ± c) − R)²))``.
+- Group estimators instead of GAE (:data:`ADVANTAGE_ESTIMATORS`): GRPO and Dr. GRPO score a
+  group of responses per prompt against each other (:func:`group_advantages`) with no value
+  model, and aggregate the clipped objective per response (:func:`group_policy_loss`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +116,71 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
     clip_fraction = masked_mean((clipped > unclipped).astype(jnp.float32), mask)
     approx_kl = 0.5 * masked_mean(log_ratio ** 2, mask)
     return loss, clip_fraction, approx_kl
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageEstimator:
+    """How a PPO step turns scores into advantages, and how its policy loss is aggregated."""
+    group: bool               # from a group of responses to one prompt, no value model
+    scale_by_std: bool        # divide by the group's standard deviation (GRPO)
+    per_response_mean: bool   # each response's token terms averaged over its length, 1/|o_i|
+    kl_in_loss: bool          # β·KL(k3) per token inside the loss (GRPO), not in the reward
+
+
+ADVANTAGE_ESTIMATORS = {
+    # GAE on per-token rewards −β·KL + score, a value model (TRL; the paper)
+    "gae": AdvantageEstimator(group=False, scale_by_std=False, per_response_mean=False,
+                              kl_in_loss=False),
+    # GRPO (Shao et al. 2024, DeepSeekMath eq. 3): Â_i = (r_i − mean_g r) / std_g r
+    "grpo": AdvantageEstimator(group=True, scale_by_std=True, per_response_mean=True,
+                               kl_in_loss=True),
+    # Dr. GRPO (Liu et al. 2025, Understanding R1-Zero-Like Training): Â_i = r_i − mean_g r,
+    # token terms summed and divided by a constant, no KL term
+    "dr_grpo": AdvantageEstimator(group=True, scale_by_std=False, per_response_mean=False,
+                                  kl_in_loss=False),
+}
+"""``ppo.advantage_estimator``."""
+
+GROUP_STD_EPS = 1e-4  # added to a group's standard deviation (TRL's GRPOTrainer uses the same)
+
+
+def group_advantages(scores_b, group_size: int, scale_by_std: bool):
+    """Per-response advantages relative to the group of ``group_size`` consecutive rows (the
+    responses to one prompt): ``r_i − mean_g r``, divided by ``std_g r + ε`` (sample std,
+    ``ddof = 1``) when ``scale_by_std``. Shape ``[b]``."""
+    groups = scores_b.astype(jnp.float32).reshape(-1, group_size)
+    centered = groups - jnp.mean(groups, axis=1, keepdims=True)
+    if scale_by_std:
+        centered = centered / (jnp.std(groups, axis=1, ddof=1, keepdims=True) + GROUP_STD_EPS)
+    return centered.reshape(-1)
+
+
+def group_policy_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
+                      clip_range: float, kl_coef, *, per_response_mean: bool, kl_in_loss: bool,
+                      max_length: int):
+    """GRPO's and Dr. GRPO's clipped objective, negated, and ``(clip_fraction, approx_kl)``.
+
+    Per token: ``s_t = min(ρ_t·Â, clip(ρ_t, 1 ± ε)·Â) − β·KL_t`` (the KL term only with
+    ``kl_in_loss``; ``KL_t = exp(lr − lp) − (lr − lp) − 1``, the k3 estimator against the
+    reference). Per response: ``Σ_t s_t / |o_i|`` (GRPO: ``per_response_mean``) or
+    ``Σ_t s_t / max_length`` (Dr. GRPO: the same constant for every response, which removes
+    the 1/|o_i| length bias). Loss: minus the mean over responses with any token.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = jnp.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
+    terms = jnp.minimum(unclipped, clipped)
+    if kl_in_loss:
+        d = ref_logprobs - logprobs
+        terms = terms - kl_coef * (jnp.exp(d) - d - 1.0)
+    tokens = jnp.sum(mask, axis=1)
+    per_response = jnp.sum(terms * mask, axis=1) / (jnp.maximum(tokens, 1.0) if per_response_mean
+                                                    else float(max_length))
+    responses = (tokens > 0).astype(jnp.float32)
+    loss = -jnp.sum(per_response * responses) / jnp.maximum(jnp.sum(responses), 1.0)
+    clip_fraction = masked_mean((clipped < unclipped).astype(jnp.float32), mask)
+    return loss, clip_fraction, 0.5 * masked_mean(log_ratio ** 2, mask)
 
 
 def value_loss(values, old_values, returns, mask, clip_range_value: float):

@@ -39,7 +39,7 @@ from rlhf_jax.generate import left_pad, sample
 from rlhf_jax.models import save_pretrained
 from rlhf_jax.models.heads import lm_params
 from rlhf_jax.models.transformer import CausalLM
-from rlhf_jax.ppo import rollout, shaping
+from rlhf_jax.ppo import algo, rollout, shaping
 from rlhf_jax.ppo.prompts import prompt_set
 from rlhf_jax.ppo.rewards import REWARD_KINDS, Rewards
 from rlhf_jax.ppo.roles import VALUE_MODELS, build_roles
@@ -68,6 +68,14 @@ def validate(config) -> None:
     for key, value, allowed in choices:
         if value not in allowed:
             raise ConfigError(f"config key {key!r} = {value!r}; expected one of {allowed}")
+    if p.advantage_estimator not in algo.ADVANTAGE_ESTIMATORS:
+        raise ConfigError(f"config key 'ppo.advantage_estimator' = {p.advantage_estimator!r}; "
+                          f"expected one of {tuple(algo.ADVANTAGE_ESTIMATORS)}")
+    if algo.ADVANTAGE_ESTIMATORS[p.advantage_estimator].group and (
+            p.group_size < 2 or p.batch_size % p.group_size):
+        raise ConfigError(f"ppo.advantage_estimator={p.advantage_estimator!r} needs "
+                          f"ppo.group_size ≥ 2 responses per prompt dividing ppo.batch_size "
+                          f"{p.batch_size}; got {p.group_size}")
     if p.batch_size % p.mini_batch_size:
         raise ConfigError(f"ppo.batch_size {p.batch_size} is not a multiple of "
                           f"ppo.mini_batch_size {p.mini_batch_size}")
@@ -108,12 +116,16 @@ class PPOTrainer:
         return state
 
     def step_prompts(self, step: int) -> list:
-        """The prompt indices of ``step``: seeded shuffles of the prompt set, epoch after epoch."""
-        n, b = len(self.prompts), self.config.ppo.batch_size
+        """The prompt indices of ``step``: seeded shuffles of the prompt set, epoch after epoch.
+        With a group estimator (GRPO), ``batch_size / group_size`` prompts, each repeated
+        ``group_size`` times in consecutive rows (one group per prompt)."""
+        p = self.config.ppo
+        group = p.group_size if algo.ADVANTAGE_ESTIMATORS[p.advantage_estimator].group else 1
+        n, b = len(self.prompts), p.batch_size // group
         per_epoch = n // b
         epoch, i = divmod(step, per_epoch)
         order = np.random.default_rng([self.config.seed, epoch]).permutation(n)
-        return order[i * b:(i + 1) * b].tolist()
+        return np.repeat(order[i * b:(i + 1) * b], group).tolist()
 
     def length_caps(self, step: int) -> np.ndarray:
         g = self.config.generation

@@ -7,7 +7,9 @@ lengths, EOS flags) and, in one compiled call:
 1. pushes the raw scores into the reward window and applies the configured
    shapers (:mod:`rlhf_jax.ppo.shaping`);
 2. forms per-token rewards ``−β·KL`` (+ the score at the last token), GAE, and
-   whitened advantages (:mod:`rlhf_jax.ppo.algo`);
+   whitened advantages (:mod:`rlhf_jax.ppo.algo`); or, with a group estimator
+   (``ppo.advantage_estimator = grpo | dr_grpo``), each response's advantage against the
+   other responses to its prompt, with no value loss;
 3. runs ``ppo_epochs`` × minibatches of clipped policy + value updates as a
    ``lax.scan`` (each epoch a fresh permutation), skipping runaway minibatches as
    ``ppo.ratio_skip`` says (:data:`RATIO_SKIP_MODES`);
@@ -64,9 +66,18 @@ def ppo_loss(params, mb, *, policy_model, value_model, cfg, rngs=None):
     if not p.entropy_coef:  # logged only: no backward through the [b, T, vocab] softmax
         entropy = jax.lax.stop_gradient(entropy)
     mask = mb["mask"].astype(jnp.float32)
-    pg, clip_frac, approx_kl = algo.policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask,
-                                                p.clip_range)
-    vf, vf_clip_frac = algo.value_loss(values, mb["values"], mb["returns"], mask, p.clip_range_value)
+    estimator = algo.ADVANTAGE_ESTIMATORS[p.advantage_estimator]
+    if estimator.group:  # GRPO / Dr. GRPO: no value loss; the KL term (GRPO) in the loss
+        pg, clip_frac, approx_kl = algo.group_policy_loss(
+            logprobs, mb["logprobs"], mb["ref_logprobs"], mb["advantages"], mask, p.clip_range,
+            mb["kl_coef"][:, None], per_response_mean=estimator.per_response_mean,
+            kl_in_loss=estimator.kl_in_loss, max_length=cfg.generation.max_new_tokens - 1)
+        vf, vf_clip_frac = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    else:
+        pg, clip_frac, approx_kl = algo.policy_loss(logprobs, mb["logprobs"], mb["advantages"],
+                                                    mask, p.clip_range)
+        vf, vf_clip_frac = algo.value_loss(values, mb["values"], mb["returns"], mask,
+                                           p.clip_range_value)
     ent = algo.masked_mean(entropy, mask)
     loss = pg + p.vf_coef * vf - p.entropy_coef * ent
     ratio = algo.masked_mean(jnp.exp(logprobs - mb["logprobs"]), mask)
@@ -110,15 +121,22 @@ def ppo_update(state: PPOState, batch: dict, *, policy_model, value_model, tx, c
               else jnp.ones(b, jnp.float32))
     mask = batch["mask"].astype(jnp.float32) * weight[:, None]
     kl = algo.kl_estimate(batch["logprobs"], batch["ref_logprobs"], p.kl_estimator) * mask
-    rewards = algo.token_rewards(scores, kl, mask, state.kl_coef)
-    if p.whiten_rewards:
-        rewards = algo.masked_whiten(rewards, mask, shift_mean=False) * mask
-    raw_advantages, returns = algo.gae(rewards, batch["values"], mask, p.gamma, p.lam)
-    advantages = (algo.masked_whiten(raw_advantages, mask) * mask if p.whiten_advantages
-                  else raw_advantages)
+    estimator = algo.ADVANTAGE_ESTIMATORS[p.advantage_estimator]
+    if estimator.group:  # each response against its prompt's group; no value model, no GAE
+        raw_advantages = (algo.group_advantages(scores, p.group_size, estimator.scale_by_std)
+                          [:, None] * mask)
+        advantages, returns = raw_advantages, jnp.zeros_like(mask)
+    else:
+        rewards = algo.token_rewards(scores, kl, mask, state.kl_coef)
+        if p.whiten_rewards:
+            rewards = algo.masked_whiten(rewards, mask, shift_mean=False) * mask
+        raw_advantages, returns = algo.gae(rewards, batch["values"], mask, p.gamma, p.lam)
+        advantages = (algo.masked_whiten(raw_advantages, mask) * mask if p.whiten_advantages
+                      else raw_advantages)
     data = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "logprobs",
-                                  "values")}
-    data.update(mask=mask, advantages=advantages, returns=returns)
+                                  "ref_logprobs", "values")}
+    data.update(mask=mask, advantages=advantages, returns=returns,
+                kl_coef=jnp.full((b,), state.kl_coef, jnp.float32))
     n_mb = b // p.mini_batch_size
     perms = jnp.stack([jax.random.permutation(k, b) for k in jax.random.split(perm_key, p.ppo_epochs)])
     order = perms.reshape(p.ppo_epochs * n_mb, p.mini_batch_size)
