@@ -383,35 +383,32 @@ def run_command(args) -> int:
         print(f"rlhf-jax {args.command}: interrupted (outside a training step: nothing to save; "
               "rerun the same command to resume from the last checkpoint)", file=sys.stderr)
         return 130
-    except OSError as err:  # a path that is missing, read-only, full, or not what was expected
+    except Exception as err:  # a path, a refused value, or a bug: one message, traceback kept
         if os.environ.get(FULL_TRACEBACK_ENV) == "1":
             raise
-        raise SystemExit(f"rlhf-jax {args.command}: {describe_os_error(err)}") from None
-    except ValueError as err:  # a value the code refused with a message: almost always input
-        if os.environ.get(FULL_TRACEBACK_ENV) == "1":
-            raise
-        report = write_traceback(args.command)
-        raise SystemExit(f"rlhf-jax {args.command}: {err}\n(traceback in {report})") from None
-    except Exception as err:  # a bug, or input nothing above names: one line, and the traceback kept
-        if os.environ.get(FULL_TRACEBACK_ENV) == "1":
-            raise
-        report = write_traceback(args.command)
-        raise SystemExit(f"rlhf-jax {args.command}: unexpected {type(err).__name__}: {err}\n"
-                         f"The full traceback is in {report} (set {FULL_TRACEBACK_ENV}=1 to print "
-                         "it); please include it when you report this.") from None
+        raise SystemExit(f"rlhf-jax {args.command}: {error_message(err, args.command)}") from None
     finally:
         sys.stdout = args.results
 
 
-def describe_os_error(err: OSError) -> str:
-    """``PATH: reason`` for an operating-system error (both paths of a failed rename)."""
-    if err.filename is None:
+def error_message(err: Exception, command: str) -> str:
+    """What the command prints for an exception no named error covers: an operating-system
+    error as its own message, or ``PATH: reason`` (with a hint where one helps); a
+    ``ValueError`` (a value the code refused, with its message) as that message; anything else
+    as "unexpected …". The last two also write the traceback to a file and say where."""
+    if isinstance(err, OSError) and err.filename is None:  # raised with its own message
         return str(err)
-    paths = err.filename if err.filename2 is None else f"{err.filename} → {err.filename2}"
-    hint = {errno.EACCES: " (expected a path this user can write)",
-            errno.EROFS: " (the file system is read-only: choose another --workdir)",
-            errno.ENOSPC: " (free some space, or choose another --workdir)"}.get(err.errno, "")
-    return f"{paths}: {err.strerror}{hint}"
+    if isinstance(err, OSError):
+        paths = err.filename if err.filename2 is None else f"{err.filename} → {err.filename2}"
+        hint = {errno.EACCES: " (expected a path this user can write)",
+                errno.EROFS: " (the file system is read-only: choose another --workdir)",
+                errno.ENOSPC: " (free some space, or choose another --workdir)"}.get(err.errno, "")
+        return f"{paths}: {err.strerror}{hint}"
+    report = write_traceback(command)
+    if isinstance(err, ValueError):
+        return f"{err}\n(traceback in {report})"
+    return (f"unexpected {type(err).__name__}: {err}\nThe full traceback is in {report} (set "
+            f"{FULL_TRACEBACK_ENV}=1 to print it); please include it when you report this.")
 
 
 def write_traceback(command: str) -> str:

@@ -100,6 +100,18 @@ def dpo_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
     return data
 
 
+def with_length_biased_pairs(data: mlc.ConfigDict) -> mlc.ConfigDict:
+    """The synthetic task's length-biased preference pairs, as ``configs/synthetic/rm.py``
+    trains its reward model and ``configs/synthetic/dpo.py`` its policies on them (one place,
+    so both see the same pairs): P(a ≻ b) = σ(α·Δquality + β·Δlength) with α = 1, β = 0.3;
+    2,000 train and 500 eval pairs, inputs up to 96 tokens."""
+    data.buckets = (48, 96)
+    data.max_length = 96
+    data.synthetic.alpha, data.synthetic.beta = 1.0, 0.3
+    data.synthetic.num_train, data.synthetic.num_eval = 2000, 500
+    return data
+
+
 def prompt_data_spec(source: str = "synthetic") -> mlc.ConfigDict:
     """``data`` of the PPO stage: RL prompts, their template and length filter.
 

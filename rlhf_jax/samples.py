@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rlhf_jax.data import pipeline
+from rlhf_jax.data.files import iter_rows
 from rlhf_jax.data.records import DataError, require_text, where
 from rlhf_jax.data.templates import policy_prompt
 from rlhf_jax.generate import left_pad, sample
@@ -43,29 +44,15 @@ def read_prompts(path: str) -> list:
 
 
 def read_jsonl(path: str) -> list:
-    """Rows of a JSONL file, each with ``_line`` (1-based); broken lines (not UTF-8, not JSON,
-    not an object) name the file and line."""
+    """Rows of a JSONL file, each with ``_line`` (1-based). A missing file and a line that is
+    not UTF-8, not JSON or not an object raise :class:`DataError`, naming the file, row and
+    line (:func:`rlhf_jax.data.files.iter_rows` reads the lines)."""
     rows = []
-    try:
-        f = open(path, "rb")
-    except OSError as err:
-        raise DataError(f"{path}: cannot read it ({err.strerror})") from None
-    with f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path} line {number}: not UTF-8 (byte 0x{raw[err.start]:02x} "
-                                f"at column {err.start + 1}); expected UTF-8 JSON lines") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {number}: broken JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {number}: expected a JSON object")
-            rows.append({**row, "_line": number})
+    for row_index, line, row in iter_rows(path, fmt="jsonl"):
+        if not isinstance(row, dict):
+            raise DataError(f"{where(path, row_index, line)}: expected a JSON object, got "
+                            f"{type(row).__name__}")
+        rows.append({**row, "_line": line})
     return rows
 
 

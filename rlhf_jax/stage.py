@@ -20,8 +20,8 @@ from typing import Callable
 
 import jax
 
-from rlhf_jax.config import ConfigError
 from rlhf_jax import sharding, training
+from rlhf_jax.config import ConfigError
 from rlhf_jax.models import lora
 from rlhf_jax.models.build import tokenizer_for
 from rlhf_jax.workdir import start_stage
@@ -51,8 +51,8 @@ def check_vocab(tokenizer, model_config, role: str = "model") -> None:
     """The tokenizer's ids must fit the model's embedding (``role`` names the model in the error)."""
     if len(tokenizer) > model_config.vocab_size:
         raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the {role}'s vocab_size is "
-                         f"{model_config.vocab_size}: set model.overrides.vocab_size (presets) or "
-                         "use the checkpoint's own tokenizer")
+                          f"{model_config.vocab_size}: set model.overrides.vocab_size (presets) "
+                          "or use the checkpoint's own tokenizer")
 
 
 def open_stage(config, workdir: str, *, resume_with_changes: bool = False) -> tuple:

@@ -50,5 +50,5 @@ def test_bad_files_name_the_line(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl row 1 \(line 2\): key 'prompt'"):
         read_prompts(str(path))
     path.write_text('{"prompt": "a"}\nnot json\n')
-    with pytest.raises(DataError, match="bad.jsonl line 2: broken JSON"):
+    with pytest.raises(DataError, match=r"bad.jsonl row 1 \(line 2\): broken JSON"):
         read_jsonl(str(path))

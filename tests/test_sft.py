@@ -52,8 +52,8 @@ def test_sft_export_matches_transformers(sft_run):
     ('{"prompt": "q"}', r"\(line 2\): key 'response' is missing"),
     ('{"prompt": "q", "response": 3}', r"\(line 2\): key 'response'"),
     ('{"prompt": "q", "response": "  "}', r"\(line 2\): key 'response'"),
-    ('{"prompt": "q", ', "line 2: broken JSON"),
-    ('["q", "a"]', "line 2: expected a JSON object"),
+    ('{"prompt": "q", ', r"row 1 \(line 2\): broken JSON"),
+    ('["q", "a"]', r"row 1 \(line 2\): expected a JSON object"),
 ])
 def test_bad_sft_rows_name_the_file_and_line(tmp_path, line, message):
     path = tmp_path / "demos.jsonl"

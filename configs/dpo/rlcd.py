@@ -1,19 +1,13 @@
-"""DPO, R-DPO or SimPO on RLCD, the pairs of ``configs/rm/rlcd.py`` (beyond the paper).
-
-Experiment: the paper's SFT LLaMA-7B trained directly on the reward model's preference pairs
-(same splits, 512-token limit), with the paper's LoRA (r 8 on q_proj and v_proj, a bfloat16
-base that is also the reference) and the policy prompt template of its PPO runs on this
-dataset. ``:dpo`` (default), ``:rdpo`` and ``:simpo`` select the loss
-(``rlhf_jax.defaults.DPO_LOSS_SETTINGS`` gives their coefficients).
+"""DPO, R-DPO or SimPO (``:dpo`` default, ``:rdpo``, ``:simpo``) on RLCD:
+the pairs of ``configs/rm/rlcd.py``, from the paper's SFT LLaMA-7B with its LoRA
+(the setting: ``rlhf_jax.defaults.paper_dpo_config``; beyond the paper).
 
 Command::
 
     rlhf-jax dpo --config configs/dpo/rlcd.py[:rdpo|:simpo] --workdir runs/dpo_rlcd \\
-        --config.model.init=/path/to/llama-7b-sft [--config.data.path=...]
+        --config.model.init=/path/to/llama-7b-sft
 
-Sized for: one TPU v5e-8 host; check with
-``rlhf-jax fit --config configs/dpo/rlcd.py --topology v5e-8 --config.model.init=preset:llama-7b``
-(docs/dpo.md has the table for every loss).
+Sized for one TPU v5e-8 host (``rlhf-jax fit``; docs/dpo.md has the table).
 """
 
 from rlhf_jax.defaults import DPO_LOSS_SETTINGS, paper_dpo_config

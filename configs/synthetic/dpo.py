@@ -14,7 +14,7 @@ Command::
 Sized for: 2 CPU cores, about a minute.
 """
 
-from rlhf_jax.defaults import dpo_config
+from rlhf_jax.defaults import dpo_config, with_length_biased_pairs
 
 LOSSES = ("dpo", "rdpo", "simpo")
 
@@ -23,12 +23,7 @@ def get_config(loss: str = "dpo"):
     if loss not in LOSSES:
         raise ValueError(f"configs/synthetic/dpo.py:{loss}: expected one of {LOSSES}")
     config = dpo_config("synthetic", init="/tmp/sft/export")
-    config.data.buckets = (48, 96)
-    config.data.max_length = 96
-    config.data.synthetic.alpha = 1.0
-    config.data.synthetic.beta = 0.3
-    config.data.synthetic.num_train = 2000
-    config.data.synthetic.num_eval = 500
+    with_length_biased_pairs(config.data)
     config.dpo.loss = loss
     config.dpo.beta = 2.0 if loss == "simpo" else 0.1
     config.dpo.alpha = 0.02       # R-DPO: per token of length difference

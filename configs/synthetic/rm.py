@@ -12,7 +12,7 @@ Command::
 Sized for: 2 CPU cores, about a minute per run.
 """
 
-from rlhf_jax.defaults import reward_model_config
+from rlhf_jax.defaults import reward_model_config, with_length_biased_pairs
 
 SYNTHETIC_VOCAB = 192  # ≥ the task tokenizer's 181 tokens
 VARIANTS = ("none", "bal", "rda", "ctr")
@@ -23,12 +23,7 @@ def get_config(intervention: str = "none"):
     config.model.overrides = {"vocab_size": SYNTHETIC_VOCAB, "bos_token_id": 3, "eos_token_id": 1,
                               "pad_token_id": 0}
     config.data.template = "{prompt} {response}"
-    config.data.buckets = (48, 96)
-    config.data.max_length = 96
-    config.data.synthetic.alpha = 1.0
-    config.data.synthetic.beta = 0.3
-    config.data.synthetic.num_train = 2000
-    config.data.synthetic.num_eval = 500
+    with_length_biased_pairs(config.data)
     config.rm.lr = 1e-3
     config.rm.warmup_steps = 20
     config.rm.epochs = 2

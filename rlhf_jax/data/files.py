@@ -122,7 +122,6 @@ def _iter_csv(path: Path) -> Iterator[Tuple[int, Optional[int], Any]]:
     old_limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # model outputs can exceed the 128 KiB default
     try:
-        _read_utf8(path)  # a decoding error names its line here, not inside the csv module
         with _open_text(path) as f:
             reader = csv.DictReader(f)
             try:
@@ -130,6 +129,9 @@ def _iter_csv(path: Path) -> Iterator[Tuple[int, Optional[int], Any]]:
                     yield i, None, row
             except csv.Error as e:
                 raise DataError(f"{path} line {reader.line_num}: broken CSV ({e})") from None
+            except UnicodeDecodeError:  # the decoder reads ahead: read again to name the line
+                _read_utf8(path)
+                raise
             if reader.fieldnames is None:
                 raise DataError(f"{path}: empty CSV file (expected a header row)")
     finally:

@@ -83,6 +83,14 @@ def tokenize_pairs(pairs: Sequence[dict], tokenizer, *, template: str = "questio
     return examples, drops
 
 
+def _prompt_and_response(prompt_ids, response_ids, eos_id) -> tuple:
+    """``(prompt + response + EOS ids, loss mask)``: the mask is 1 on the response and EOS."""
+    ids = np.concatenate([np.asarray(prompt_ids, np.int32), _with_eos(response_ids, eos_id)])
+    loss_mask = np.zeros(len(ids), np.int32)
+    loss_mask[len(prompt_ids):] = 1
+    return ids, loss_mask
+
+
 def tokenize_sft(examples: Sequence[dict], tokenizer, *, template: str = "plain",
                  max_length: int = 512, source: str = "sft"):
     """SFT examples: ``ids`` = prompt + response + EOS, ``loss_mask`` = 1 on response tokens (and EOS)."""
@@ -90,13 +98,10 @@ def tokenize_sft(examples: Sequence[dict], tokenizer, *, template: str = "plain"
     responses = _token_ids(tokenizer, [e["response"] for e in examples])
     drops, out = DropCounter(), []
     for i, example in enumerate(examples):
-        response = _with_eos(responses[i], tokenizer.eos_token_id)
-        ids = np.concatenate([np.asarray(prompts[i], np.int32), response])
+        ids, loss_mask = _prompt_and_response(prompts[i], responses[i], tokenizer.eos_token_id)
         if len(ids) > max_length:
             drops.add(f"longer than max_length={max_length} tokens")
             continue
-        loss_mask = np.zeros(len(ids), np.int32)
-        loss_mask[len(prompts[i]):] = 1
         out.append({"index": i, "id": example["id"], "ids": ids, "loss_mask": loss_mask})
     drops.log(log, source)
     return out, drops
@@ -109,16 +114,14 @@ def tokenize_preference_responses(pairs: Sequence[dict], tokenizer, *, template:
     response tokens (and EOS), as :func:`tokenize_sft` makes them. A pair with either side
     longer than ``max_length`` tokens is dropped and counted."""
     prompts = policy_prompt_ids(tokenizer, [policy_prompt(p["prompt"], template) for p in pairs])
-    sides = {side: _token_ids(tokenizer, [p[side] for p in pairs]) for side in ("chosen", "rejected")}
+    sides = {side: _token_ids(tokenizer, [p[side] for p in pairs])
+             for side in ("chosen", "rejected")}
     drops, out = DropCounter(), []
     for i, pair in enumerate(pairs):
         example = {"index": i, "id": pair["id"]}
         for side, responses in sides.items():
-            ids = np.concatenate([np.asarray(prompts[i], np.int32),
-                                  _with_eos(responses[i], tokenizer.eos_token_id)])
-            loss_mask = np.zeros(len(ids), np.int32)
-            loss_mask[len(prompts[i]):] = 1
-            example[f"{side}_ids"], example[f"{side}_loss_mask"] = ids, loss_mask
+            example[f"{side}_ids"], example[f"{side}_loss_mask"] = _prompt_and_response(
+                prompts[i], responses[i], tokenizer.eos_token_id)
         if max(len(example["chosen_ids"]), len(example["rejected_ids"])) > max_length:
             drops.add(f"longer than max_length={max_length} tokens")
             continue

@@ -16,8 +16,8 @@ of each response, and its length, under the policy and under the frozen referenc
 Logged per step and at each evaluation: loss, the implicit rewards of the chosen and rejected
 responses, their margin, accuracy (chosen reward above rejected), the policy's mean
 log-probabilities, and, at evaluation, the mean length of responses sampled from the policy on
-``dpo.eval_prompts`` of the eval pairs' prompts. The workdir, resume, checkpoints and the HF
-export are SFT's (:mod:`rlhf_jax.sft`).
+``dpo.eval_prompts`` distinct prompts of the eval pairs. The workdir, resume, checkpoints and
+the HF export are SFT's (:mod:`rlhf_jax.sft`).
 """
 
 from __future__ import annotations
@@ -167,15 +167,16 @@ def train_dpo(config, workdir: str, *, resume_with_changes: bool = False) -> dic
                                                        train=False)]
     eval_fn = jax.jit(functools.partial(pair_sums, model=model, loss=loss, reference=reference),
                       in_shardings=(setup.shardings.params, setup.batch_sharding))
-    eval_prompts = [{"id": p["id"], "prompt": p["prompt"]} for p in eval_pairs[:cfg.eval_prompts]]
+    distinct = list(dict.fromkeys(p["prompt"] for p in eval_pairs))[:cfg.eval_prompts]
+    eval_prompts = [{"id": f"eval-{i:04d}", "prompt": p} for i, p in enumerate(distinct)]
     if eval_prompts and jax.process_count() > 1:
         log.warning("dpo.eval_prompts: sampled lengths are measured on one process only; "
                     "skipped in this %d-process run", jax.process_count())
         eval_prompts = []
 
     def evaluate(params):
-        sums = [sharding.to_host(eval_fn(params, sharding.shard_batch(b, mesh)))
-                for b in eval_batches]
+        sums = sharding.to_host([eval_fn(params, sharding.shard_batch(b, mesh))
+                                 for b in eval_batches])  # one host transfer, after all batches
         pairs = max(float(np.sum([n for _, n in sums])), 1.0)
         result = {k: float(np.sum([s[k] for s, _ in sums]) / pairs) for k in PAIR_METRICS}
         result["pairs"] = pairs

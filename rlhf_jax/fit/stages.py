@@ -133,8 +133,9 @@ def fit_dpo(config, devices, chip: Chip, stop_at_first_miss: bool = False) -> li
     if reference == "base":  # the frozen base's forward runs inside the step
         step_flops += decoder_forward_flops(cfg, step_tokens, width)
     frozen_copy = shard_bytes(state.params) if reference == "batch" else 0
-    phases = [dict(name="dpo step", fn=steps.train_step, args=(state, pair_batch(config.dpo.batch_size)),
-                   mesh=mesh, num_chips=n, flops=step_flops, resident_bytes=frozen_copy,
+    phases = [dict(name="dpo step", fn=steps.train_step,
+                   args=(state, pair_batch(config.dpo.batch_size)), mesh=mesh, num_chips=n,
+                   flops=step_flops, resident_bytes=frozen_copy,
                    note=f"{rows} pairs × {width} ({config.dpo.loss}, reference: {reference}), "
                         f"accum {config.dpo.accum_steps}")]
     if reference == "batch":  # a frozen copy of the initial weights, beside the train state

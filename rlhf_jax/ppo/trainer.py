@@ -76,6 +76,10 @@ def validate(config) -> None:
         raise ConfigError(f"ppo.advantage_estimator={p.advantage_estimator!r} needs "
                           f"ppo.group_size ≥ 2 responses per prompt dividing ppo.batch_size "
                           f"{p.batch_size}; got {p.group_size}")
+    if algo.ADVANTAGE_ESTIMATORS[p.advantage_estimator].group and p.value_model != "shared":
+        raise ConfigError(f"ppo.advantage_estimator={p.advantage_estimator!r} uses no value "
+                          "model: keep ppo.value_model='shared' (a separate one would be built "
+                          "and run for nothing)")
     if p.batch_size % p.mini_batch_size:
         raise ConfigError(f"ppo.batch_size {p.batch_size} is not a multiple of "
                           f"ppo.mini_batch_size {p.mini_batch_size}")

@@ -49,28 +49,28 @@ so Adam's momentum moves the parameters; ``freeze``: parameters and optimizer st
 stay as they were (as if the minibatch had not been drawn)."""
 
 
-def ppo_loss(params, mb, *, policy_model, value_model, cfg, rngs=None):
+def ppo_loss(params, mb, *, policy_model, value_model, cfg, kl_coef=None, rngs=None):
     """``pg + vf_coef·vf − entropy_coef·H`` on one minibatch, with diagnostics (``rngs``: the
     policy's dropout keys, LoRA's adapter dropout). With ``entropy_coef = 0`` (TRL's loss has no
     entropy term) ``H`` is a logged statistic: its gradient is not formed, which saves a
     backward pass over the ``[b, T, vocab]`` softmax (~2.5 s of 21 on SmolLM2-135M at 16 × 192
     tokens on 2 CPU cores)."""
     p = cfg.ppo
+    estimator = algo.ADVANTAGE_ESTIMATORS[p.advantage_estimator]
     shared = value_model is None
     logprobs, values, entropy = rollout.policy_outputs(
         policy_model, params["policy"], mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
-        mb["mask"], with_values=shared, with_entropy=True, rngs=rngs)
-    if not shared:
+        mb["mask"], with_values=shared and not estimator.group, with_entropy=True, rngs=rngs)
+    if not shared and not estimator.group:
         values = rollout.scalar_values(value_model, params["value"], mb["prompt_ids"],
                                        mb["prompt_mask"], mb["response_ids"], mb["mask"])
     if not p.entropy_coef:  # logged only: no backward through the [b, T, vocab] softmax
         entropy = jax.lax.stop_gradient(entropy)
     mask = mb["mask"].astype(jnp.float32)
-    estimator = algo.ADVANTAGE_ESTIMATORS[p.advantage_estimator]
     if estimator.group:  # GRPO / Dr. GRPO: no value loss; the KL term (GRPO) in the loss
         pg, clip_frac, approx_kl = algo.group_policy_loss(
             logprobs, mb["logprobs"], mb["ref_logprobs"], mb["advantages"], mask, p.clip_range,
-            mb["kl_coef"][:, None], per_response_mean=estimator.per_response_mean,
+            kl_coef, per_response_mean=estimator.per_response_mean,
             kl_in_loss=estimator.kl_in_loss, max_length=cfg.generation.max_new_tokens - 1)
         vf, vf_clip_frac = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
     else:
@@ -133,14 +133,15 @@ def ppo_update(state: PPOState, batch: dict, *, policy_model, value_model, tx, c
         raw_advantages, returns = algo.gae(rewards, batch["values"], mask, p.gamma, p.lam)
         advantages = (algo.masked_whiten(raw_advantages, mask) * mask if p.whiten_advantages
                       else raw_advantages)
-    data = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "logprobs",
-                                  "ref_logprobs", "values")}
-    data.update(mask=mask, advantages=advantages, returns=returns,
-                kl_coef=jnp.full((b,), state.kl_coef, jnp.float32))
+    data = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "logprobs")}
+    data.update({"ref_logprobs": batch["ref_logprobs"]} if estimator.group  # GRPO's KL term
+                else {"values": batch["values"], "returns": returns})
+    data.update(mask=mask, advantages=advantages)
     n_mb = b // p.mini_batch_size
     perms = jnp.stack([jax.random.permutation(k, b) for k in jax.random.split(perm_key, p.ppo_epochs)])
     order = perms.reshape(p.ppo_epochs * n_mb, p.mini_batch_size)
-    loss_fn = functools.partial(ppo_loss, policy_model=policy_model, value_model=value_model, cfg=cfg)
+    loss_fn = functools.partial(ppo_loss, policy_model=policy_model, value_model=value_model,
+                                cfg=cfg, kl_coef=state.kl_coef)
     # LoRA: gradients of the adapters and heads only, the frozen base closed over
     loss_fn, trainable = training.trainable_loss(loss_fn, state.params)
     body = functools.partial(minibatch_step, grad_fn=jax.value_and_grad(loss_fn, has_aux=True),

@@ -482,3 +482,27 @@ def test_rlcd_prompt_and_reward_input_follow_build_rlcd_promptdata():
         assert rm_text(dialogue, " Sure.", "rlcd") == "Question: " + qstr.strip() + "\n\nAnswer: " + " Sure."
     with pytest.raises(ValueError, match="not an hh-rlhf dialogue"):
         policy_prompt("no turns here", "rlcd")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".json", ".csv"])
+def test_a_non_utf8_line_deep_in_a_file_is_named_by_its_own_line(tmp_path, suffix):
+    """Decoders read ahead (8 KiB and more): the error must still name the line it is on."""
+    from rlhf_jax.data.files import iter_rows
+    good = {"prompt": "the cat " * 40, "chosen": "sat", "rejected": "ran"}
+    bad = json.dumps({**good, "chosen": "caf\u00e9"}).replace("\\u00e9", "\u00e9").encode("latin-1")
+    path = tmp_path / f"pairs{suffix}"
+    if suffix == ".csv":
+        lines = [b"prompt,chosen,rejected"] + [f'"{good["prompt"]}",sat,ran'.encode()] * 59 + [
+            f'"{good["prompt"]}",caf\u00e9,ran'.encode("latin-1")] + [b"x,y,z"] * 10
+        want = r"pairs\.csv line 61: not UTF-8 text \(byte 0xe9 at column 327\)"
+    elif suffix == ".json":
+        lines = [b"["] + [json.dumps(good).encode() + b","] * 59 + [bad + b","] + [
+            json.dumps(good).encode()] + [b"]"]
+        want = r"pairs\.json line 61: not UTF-8 text \(byte 0xe9 at column \d+\)"
+    else:
+        lines = [json.dumps(good).encode()] * 59 + [bad] + [json.dumps(good).encode()] * 10
+        want = rf"pairs{suffix.replace('.', chr(92) + '.')} row 59 \(line 60\): not UTF-8 text"
+    data = b"\n".join(lines) + b"\n"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    with pytest.raises(DataError, match=want):
+        list(iter_rows(path))

@@ -111,6 +111,10 @@ def test_the_registry_and_the_config_checks():
     with pytest.raises(ConfigError, match="needs ppo.group_size ≥ 2 responses per prompt "
                                           "dividing ppo.batch_size 32; got 5"):
         validate(config)
+    config.ppo.group_size = 4
+    config.ppo.value_model = "separate"
+    with pytest.raises(ConfigError, match="uses no value model: keep ppo.value_model='shared'"):
+        validate(config)
     config.ppo.advantage_estimator = "rloo"
     with pytest.raises(ConfigError, match="'ppo.advantage_estimator' = 'rloo'"):
         validate(config)
