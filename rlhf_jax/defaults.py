@@ -163,6 +163,9 @@ def reward_model_section() -> mlc.ConfigDict:
         "append_eos": False,       # the paper's preprocess_function appends nothing
         "log_every": 10, "eval_every": 200,
         "intervention": "none",    # none | bal | rda | ctr (Table 4)
+        # bradley_terry | odin (rlhf_jax.reward.losses.REWARD_LOSSES): ODIN trains a quality
+        # and a length head on their sum, with λ_L on its length loss and λ_O on orthogonality
+        "loss": "bradley_terry", "odin": {"length_coef": 1.0, "ortho_coef": 1.0},
         "cartography": False,      # log r⁺ − r⁻ per example per pass (C-TR needs it)
         # post-hoc length calibration fitted on the eval pairs and stored with the export
         # (none | lowess; rlhf_jax.reward.calibration): LOWESS span and robustifying iterations
@@ -367,7 +370,10 @@ def ppo_config(source: str = "synthetic", init: str = "") -> mlc.ConfigDict:
                    "max_length": 512, "buckets": (128, 256, 384, 512),
                    # none | lowess: subtract the length trend stored with the export
                    # (train-rm with rm.calibration='lowess'; rlhf_jax.reward.calibration)
-                   "calibration": "none"},
+                   "calibration": "none",
+                   # which head of an ODIN reward model scores: sum (as trained) | quality
+                   # (ODIN's PPO) | length; a one-head reward model has only sum
+                   "head": "sum"},
         "shaping": {
             "shapers": (),             # names in rlhf_jax.ppo.shaping.SHAPERS, applied in order
             "target_length": 156.0,    # N of LPPO and of the length penalty's "paper" variant

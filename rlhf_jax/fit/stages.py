@@ -25,12 +25,15 @@ def fit_reward_model(config, devices, chip: Chip, stop_at_first_miss: bool = Fal
     from rlhf_jax.data import pipeline
     from rlhf_jax.models import ScalarModel
     from rlhf_jax.models.build import abstract_params, model_config
+    from rlhf_jax.reward.losses import reward_objective
     from rlhf_jax.reward.train import reward_loss_for, score_step_for
     from rlhf_jax.stage import stage_mesh, supervised_steps
 
     mesh = stage_mesh(config, devices)
     cfg = model_config(config.model)
-    model = ScalarModel(cfg, readout="last")
+    two_heads = reward_objective(config.rm).length_head  # ODIN: both heads, read together
+    model = ScalarModel(cfg, readout="last", length_head=two_heads,
+                        heads="both" if two_heads else "sum")
     params = abstract_params(model)
     steps = supervised_steps(model, params, config.rm, loss_fn=reward_loss_for(config.rm),
                              total_steps=1000, mesh=mesh)

@@ -142,17 +142,30 @@ def abstract_params(model):
     return nn.unbox(shapes)["params"]
 
 
-def scalar_model(spec, key, readout: str = "last") -> tuple:
-    """``(ScalarModel, params)``: a scalar-model export as is, else an LM's trunk + a fresh head."""
+def scalar_model(spec, key, readout: str = "last", *, length_head: bool = False,
+                 heads: str = "sum") -> tuple:
+    """``(ScalarModel, params)``: a scalar-model export as is (``heads``: which of an ODIN
+    export's heads it reads, :func:`load_scalar_model`), else an LM's trunk + a fresh head.
+
+    ``length_head``: a model to train with ODIN's two heads (their values read ``"both"``); a
+    head the init lacks (an LM's, or a one-head reward model's length head) starts fresh."""
     init = checked_init(spec)
     if not init.startswith("preset:") and is_scalar_export(init):
-        model, params = load_scalar_model(init, readout)
+        model, params = load_scalar_model(init, readout, heads="both" if length_head else heads,
+                                          add_length_head=length_head)
         model = model.clone(config=_with_options(model.config, spec))
+        if length_head and "length_score" not in params:
+            fresh = init_some_params(model, jax.random.fold_in(key, 3),
+                                     lambda path: path[0] == "length_score")
+            params = {**params, "length_score": fresh["length_score"]}
         return model, with_fresh_adapters(model, params, jax.random.fold_in(key, 2))
     lm, lm_params = causal_lm(spec, key)
-    model = ScalarModel(lm.config, readout=readout)
-    head = init_some_params(model, jax.random.fold_in(key, 1), lambda path: path[0] == "score")
-    return model, {"model": lm_params["model"], "score": head["score"]}
+    model = ScalarModel(lm.config, readout=readout, length_head=length_head,
+                        heads="both" if length_head else "sum")
+    head_names = ("score", "length_score")
+    heads_params = init_some_params(model, jax.random.fold_in(key, 1),
+                                    lambda path: path[0] in head_names)
+    return model, {"model": lm_params["model"], **heads_params}
 
 
 def tokenizer_for(spec_tokenizer: str, model_init: str):
@@ -199,19 +212,31 @@ def is_scalar_export(path: str) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in architectures)
 
 
+ODIN_LABELS = ("quality", "length")
+"""An ODIN export's ``score`` rows, in order (its ``config.json`` ``id2label``)."""
+
+
 def save_scalar_model(model: ScalarModel, params, path: str, tokenizer=None) -> None:
-    """Export a scalar model as an HF ``*ForSequenceClassification`` directory (float32)."""
+    """Export a scalar model as an HF ``*ForSequenceClassification`` directory (float32).
+
+    An ODIN model (a ``length_score`` head) is exported with ``num_labels = 2``: ``score.weight
+    [2, hidden]`` and ``score.bias [2]``, rows quality then length (``id2label``), so that
+    transformers reads both heads as its two logits."""
     cfg = model.config
     trunk_cfg = cfg.replace(tie_word_embeddings=True)  # the trunk's tensors only: no LM head
     tensors = params_to_tensors(trunk_cfg, {"model": params["model"]})
-    head = jax.tree.map(_to_host, params["score"])  # gathers shards held by other hosts
-    tensors["score.weight"] = head["kernel"][None, :]
-    tensors["score.bias"] = np.reshape(head["bias"], (1,))
+    names = ("score", "length_score") if "length_score" in params else ("score",)
+    heads = [jax.tree.map(_to_host, params[n]) for n in names]  # gathers other hosts' shards
+    tensors["score.weight"] = np.stack([np.asarray(h["kernel"]) for h in heads])
+    tensors["score.bias"] = np.asarray([np.reshape(h["bias"], ()) for h in heads], np.float32)
     if jax.process_index() != 0:
         return
     hf = family_named(cfg.family).config_to_hf(cfg)
     hf.update(architectures=[SCALAR_ARCHITECTURES.get(cfg.family, "ForSequenceClassification")],
-              num_labels=1)
+              num_labels=len(names))
+    if len(names) == 2:
+        hf.update(id2label={str(i): n for i, n in enumerate(ODIN_LABELS)},
+                  label2id={n: i for i, n in enumerate(ODIN_LABELS)})
     os.makedirs(path, exist_ok=True)
     _atomic_write(os.path.join(path, SAFETENSORS_FILE),
                   lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
@@ -220,16 +245,36 @@ def save_scalar_model(model: ScalarModel, params, path: str, tokenizer=None) -> 
         tokenizer.save_pretrained(path)
 
 
-def load_scalar_model(path: str, readout: str = "last") -> tuple:
+def scalar_export_heads(path: str) -> int:
+    """How many heads a scalar export has: 1, or 2 for ODIN's (its ``config.json``
+    ``num_labels``)."""
+    return int(read_config(path).get("num_labels", 1) or 1)
+
+
+def load_scalar_model(path: str, readout: str = "last", heads: str = "sum",
+                      add_length_head: bool = False) -> tuple:
     """``(ScalarModel, params)`` from a directory written by :func:`save_scalar_model` (anything
-    else is refused: :func:`check_scalar_export`)."""
+    else is refused: :func:`check_scalar_export`).
+
+    ``heads`` (:data:`~rlhf_jax.models.heads.HEAD_READS`): what an ODIN export's model reads;
+    ``"quality"`` gives a plain one-head model over the quality head (the length head's
+    params are left out). A one-head export has only ``"sum"``, unless ``add_length_head``
+    (a model that will train a fresh length head beside it)."""
     from rlhf_jax.models.hf import TensorSource, params_from_tensors
     path = check_scalar_export(path, role="reward model")
     hf = read_config(path)
     cfg = config_from_hf(hf, os.path.join(path, CONFIG_FILE))
+    n_heads = scalar_export_heads(path)
+    if n_heads not in (1, 2):
+        raise CheckpointError(f"{path}: config.json num_labels = {n_heads}; expected 1 (a reward "
+                              "model) or 2 (ODIN's quality and length heads)")
+    if n_heads == 1 and heads != "sum" and not add_length_head:
+        raise CheckpointError(f"{path}: a one-head reward model; head {heads!r} needs an ODIN "
+                              "export (train-rm with rm.loss='odin'), use 'sum'")
     source = open_safetensors(path)
     head = {}
-    for name, shape in (("score.weight", (1, cfg.hidden_size)), ("score.bias", (1,))):
+    for name, shape in (("score.weight", (n_heads, cfg.hidden_size)),
+                        ("score.bias", (n_heads,))):
         if name not in source.names():
             raise CheckpointError(f"{path}: tensor {name!r} is missing (expected shape {shape})")
         array = source.get(name)
@@ -243,4 +288,12 @@ def load_scalar_model(path: str, readout: str = "last") -> tuple:
     trunk_cfg = cfg.replace(tie_word_embeddings=True)
     params = params_from_tensors(trunk_cfg, family_named(cfg.family), trunk)
     params["score"] = {"kernel": head["score.weight"][0], "bias": head["score.bias"][0]}
+    if n_heads == 2 and heads != "quality":
+        params["length_score"] = {"kernel": head["score.weight"][1],
+                                  "bias": head["score.bias"][1]}
+        return (ScalarModel(cfg, readout=readout, length_head=True, heads=heads),
+                jax.device_put(params))
+    if add_length_head:
+        return (ScalarModel(cfg, readout=readout, length_head=True, heads=heads),
+                jax.device_put(params))
     return ScalarModel(cfg, readout=readout), jax.device_put(params)

@@ -47,30 +47,60 @@ class ScalarHead(nn.Module):
                           w.astype(jnp.float32)) + b.astype(jnp.float32)
 
 
+HEAD_READS = ("sum", "quality", "length", "both")
+"""What a :class:`ScalarModel` with a length head returns as ``values``: the sum of its two
+heads (the reward it was trained with), one of them, or both stacked on a last axis
+(``[..., 2]``: quality, length)."""
+
+
 class ScalarModel(nn.Module):
-    """Decoder + scalar head. ``values`` is ``[b]`` (readout ``last``) or ``[b, t]`` (``all``)."""
+    """Decoder + scalar head. ``values`` is ``[b]`` (readout ``last``) or ``[b, t]`` (``all``).
+
+    ``length_head``: a second head beside ``score`` (ODIN's, Chen et al. 2024 §4:
+    ``score`` is the quality head, ``length_score`` the length head, both linear on the same
+    trunk features); ``heads`` says which of them ``values`` reads (:data:`HEAD_READS`).
+    Without the length head the params are a plain reward model's, so an ODIN model's quality
+    head alone is a ``ScalarModel`` over its params minus ``length_score``.
+    """
 
     config: DecoderConfig
     readout: str = "last"
+    length_head: bool = False
+    heads: str = "sum"
 
     def setup(self):
         if self.readout not in READOUTS:
             raise ValueError(f"ScalarModel.readout={self.readout!r}; expected one of {READOUTS}")
+        if self.heads not in HEAD_READS or (self.heads != "sum" and not self.length_head):
+            raise ValueError(f"ScalarModel.heads={self.heads!r}; expected one of {HEAD_READS} "
+                             "(anything but 'sum' needs length_head=True)")
         self.model = Decoder(self.config)
         self.score = ScalarHead(self.config)
+        if self.length_head:
+            self.length_score = ScalarHead(self.config)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None,
                  cache: Optional[KVCache] = None):
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         hidden, cache = self.model(input_ids, attention_mask, position_ids, cache)
-        values_bt = self.score(hidden)
-        if self.readout == "last":
+        if self.readout == "last":  # only the last token's hidden state reaches the heads
             idx = last_token_index(attention_mask)
-            values = jnp.take_along_axis(values_bt, idx[:, None], axis=1)[:, 0]
+            hidden_read = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)
         else:
-            values = values_bt
+            hidden_read = hidden
+        values = self._read_heads(hidden_read)
+        if self.readout == "last":
+            values = values[:, 0]
         return ModelOutput(values=values, hidden_states=hidden, cache=cache)
+
+    def _read_heads(self, hidden_bte):
+        quality = self.score(hidden_bte)
+        if not self.length_head:
+            return quality
+        length = self.length_score(hidden_bte)
+        return {"sum": quality + length, "quality": quality, "length": length,
+                "both": jnp.stack([quality, length], axis=-1)}[self.heads]
 
 
 class PolicyWithValue(CausalLM):

@@ -24,6 +24,7 @@ import numpy as np
 
 from rlhf_jax.config import ConfigError
 from rlhf_jax.models.build import check_scalar_export, scalar_model, tokenizer_for
+from rlhf_jax.models.errors import CheckpointError
 from rlhf_jax.reward.calibration import (CALIBRATION_FILE, CALIBRATIONS, load_calibration,
                                          response_lengths)
 from rlhf_jax.reward.scoring import RewardScorer
@@ -72,7 +73,7 @@ class Rewards:
         self.scorer = None
         if reward_cfg.model:
             check_scalar_export(reward_cfg.model, role="config key 'reward.model'")
-            model, params = scalar_model(reward_model_spec(reward_cfg), jax.random.key(0))
+            model, params = reward_model_of(reward_cfg)
             params = jax.tree.map(lambda x: np.asarray(x, model.config.params_dtype), params)
             tokenizer = tokenizer_for(reward_cfg.tokenizer, reward_cfg.model)
             try:
@@ -93,6 +94,23 @@ class Rewards:
         if self.kind == "function":
             return function_scores(self.function, prompts, responses, self.cfg.function), rm_scores
         return np.zeros(len(responses), np.float32), rm_scores
+
+
+def reward_model_of(reward_cfg) -> tuple:
+    """``(ScalarModel, params)`` of the frozen reward model, reading ``reward.head``: ``sum``
+    (the reward it was trained with), or, of an ODIN export (``rm.loss = "odin"``), its
+    ``quality`` head alone (Chen et al. 2024 §4: the length head is dropped for RL) or its
+    ``length`` head."""
+    head = reward_cfg.get("head", "sum")
+    if head not in ("sum", "quality", "length"):
+        raise ConfigError(f"config key 'reward.head' = {head!r}; expected sum, quality or length")
+    if head != "sum" and reward_cfg.get("calibration", "none") != "none":
+        raise ConfigError(f"reward.calibration={reward_cfg.calibration!r} was fitted on the "
+                          f"summed reward; it cannot calibrate reward.head={head!r}")
+    try:
+        return scalar_model(reward_model_spec(reward_cfg), jax.random.key(0), heads=head)
+    except CheckpointError as err:
+        raise ConfigError(f"config key 'reward.head' = {head!r}: {err}") from None
 
 
 def calibration_of(reward_cfg):

@@ -140,7 +140,8 @@ def initial_params(config, key):
         head = init_some_params(policy_model, jax.random.key(1),
                                 lambda path: path[0] == "value_head")
         return lm, policy_model, None, {"policy": {**lm_p, "value_head": head["value_head"]}}
-    value_model, value_p = scalar_model(export_spec(config.reward.model), key, readout="all")
+    value_model, value_p = scalar_model(export_spec(config.reward.model), key, readout="all",
+                                        heads=_value_init_head(config.reward.model))
     return (lm, CausalLM(policy_lm.config), ScalarModel(value_model.config, readout="all"),
             {"policy": lm_p, "value": value_p})
 
@@ -304,6 +305,15 @@ def build_roles(config, tokenizer, mesh, *, eos_id: int, pad_id: int) -> tuple[R
                   tx=tx, shardings=fns.shardings, update=fns.update, ref_forward=fns.ref_forward,
                   policy_forward=fns.policy_forward, cut=fns.cut, rollout=fns.rollout)
     return roles, state
+
+
+def _value_init_head(reward_model: str) -> str:
+    """A separate value model starts from the reward model's trunk and head: of an ODIN export,
+    its quality head (one head, as every value model has)."""
+    from rlhf_jax.models.build import is_scalar_export, resolve_init_path, scalar_export_heads
+    path = resolve_init_path(reward_model)
+    two = not path.startswith("preset:") and is_scalar_export(path) and scalar_export_heads(path) == 2
+    return "quality" if two else "sum"
 
 
 def role_models(config) -> tuple:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ from rlhf_jax.stage import (count_params, experiment_tokenizer, finish_stage, ke
                             open_stage, stage_label, stage_mesh, supervised_setup)
 from rlhf_jax.reward import cartography, interventions
 from rlhf_jax.reward.calibration import CALIBRATIONS, calibrate_export
-from rlhf_jax.reward.losses import bradley_terry_loss
+from rlhf_jax.reward.losses import REWARD_LOSSES, reward_objective
 from rlhf_jax.reward.scoring import RewardScorer
 from rlhf_jax.workdir import Workdir
 
@@ -46,22 +47,31 @@ log = logging.getLogger(__name__)
 CARTOGRAPHY_LOG = "cartography.jsonl"
 
 
-def reward_loss(params, batch, *, model, margin: float, center_coef: float, rngs=None):
-    """Bradley–Terry loss of one batch: chosen and rejected rows in one forward (``rngs``:
-    dropout keys, for LoRA's adapter dropout)."""
+def reward_loss(params, batch, *, model, margin: float, center_coef: float, rngs=None,
+                objective: str = "bradley_terry", options: Optional[dict] = None):
+    """The reward-model loss of one batch (``objective``: a name in
+    :data:`~rlhf_jax.reward.losses.REWARD_LOSSES`, with its ``options``): chosen and rejected
+    rows in one forward (``rngs``: dropout keys, for LoRA's adapter dropout)."""
     rewards_c, rewards_r = score_pairs(model, params, batch, rngs=rngs)
-    loss, diff = bradley_terry_loss(rewards_c, rewards_r, batch["weight"], margin=margin,
-                                    center_coef=center_coef)
+    loss, diff, extra = REWARD_LOSSES[objective].fn(
+        rewards_c, rewards_r, batch, params, margin=margin, center_coef=center_coef,
+        **(options or {}))
     w = batch["weight"]
+    summed = (rewards_c + rewards_r) if rewards_c.ndim == 1 else jnp.sum(rewards_c + rewards_r, -1)
     scalars = {"accuracy": training.masked_mean((diff > 0).astype(jnp.float32), w),
-               "reward_mean": training.masked_mean(rewards_c + rewards_r, w) / 2,
-               "weight": jnp.sum(w)}
+               "reward_mean": training.masked_mean(summed, w) / 2,
+               "weight": jnp.sum(w), **extra}
     return loss, (scalars, {"margin": diff, "index": batch["index"], "weight": w})
 
 
 def reward_loss_for(rm_section):
-    """:func:`reward_loss` with the section's margin and centring coefficient."""
-    return functools.partial(reward_loss, margin=rm_section.margin, center_coef=rm_section.center_coef)
+    """:func:`reward_loss` with the section's objective (``rm.loss``), margin and centring
+    coefficient."""
+    objective = reward_objective(rm_section)
+    options = dict(rm_section[objective.options]) if objective.options else {}
+    return functools.partial(reward_loss, margin=rm_section.margin,
+                             center_coef=rm_section.center_coef,
+                             objective=rm_section.get("loss", "bradley_terry"), options=options)
 
 
 def score_step_for(model, steps):
@@ -81,7 +91,17 @@ def score_pairs(model, params, batch, rngs=None):
 
 
 def eval_metrics(rewards_c, rewards_r, len_c, len_r) -> dict:
-    """Accuracy ``P(r⁺ > r⁻)``, reward mean/std and Pearson(reward, response length) over both responses."""
+    """Accuracy ``P(r⁺ > r⁻)``, reward mean/std and Pearson(reward, response length) over both
+    responses. With ODIN's two heads (rewards ``[n, 2]``: quality, length) these are of their
+    sum, the reward it was trained with, and ``quality_*`` / ``length_head_*`` give the
+    accuracy and length correlation of each head alone (Chen et al. 2024, Table 1's columns)."""
+    if rewards_c.ndim == 2:
+        out = eval_metrics(rewards_c.sum(-1), rewards_r.sum(-1), len_c, len_r)
+        for i, name in enumerate(("quality", "length_head")):
+            head = eval_metrics(rewards_c[:, i], rewards_r[:, i], len_c, len_r)
+            out.update({f"{name}_accuracy": head["accuracy"],
+                        f"{name}_length_corr": head["reward_length_corr"]})
+        return out
     rewards = np.concatenate([rewards_c, rewards_r])
     lengths = np.concatenate([len_c, len_r]).astype(np.float64)
     corr = (scipy_stats.pearsonr(rewards, lengths).statistic
@@ -106,6 +126,7 @@ class RewardTrainer:
         if config.rm.intervention not in interventions.RM_INTERVENTIONS:
             raise ConfigError(f"config key 'rm.intervention' = {config.rm.intervention!r}; "
                               f"expected one of {sorted(interventions.RM_INTERVENTIONS)}")
+        self.objective = reward_objective(config.rm)
         self.config = config
         self.rm = config.rm
         self.workdir = Workdir(workdir)
@@ -145,7 +166,8 @@ class RewardTrainer:
     def build(self, num_train: int):
         rm = self.rm
         key = jax.random.key(self.config.seed)
-        model, params = scalar_model(self.config.model, key, readout="last")
+        model, params = scalar_model(self.config.model, key, readout="last",
+                                     length_head=self.objective.length_head)
         self.model = model
         self.spec = LoopSpec(
             steps_per_epoch=pipeline.steps_per_epoch(num_train, rm.batch_size, jax.process_count()),
@@ -231,6 +253,7 @@ def train_reward_model(config, workdir: str, *, resume_with_changes: bool = Fals
             result["cartography"] = cartography.plot_cartography(stats, lengths,
                                                                   wd.file("cartography.png"))
     save_scalar_model(trainer.model, state.params, wd.export, tokenizer=trainer.tokenizer)
+    trainer.model = trainer.model.clone(heads="sum")  # calibration: the reward it was trained with
     if config.rm.calibration == "lowess":
         result["calibration"] = fit_calibration(config, trainer, state.params, data["eval_pairs"],
                                                 wd.export)
