@@ -35,6 +35,7 @@ import os
 import numpy as np
 
 from rlhf_jax import evaluate
+from rlhf_jax.analysis import plots
 from rlhf_jax.analysis.report import analyze
 from rlhf_jax.config import ConfigError
 from rlhf_jax.data.preferences import synthetic_task
@@ -47,6 +48,7 @@ from rlhf_jax.ppo.trainer import train_ppo
 from rlhf_jax.reward.train import train_reward_model
 from rlhf_jax.samples import generate_samples, read_jsonl, score_samples, write_jsonl
 from rlhf_jax.sft import train_sft
+from rlhf_jax.study_methods import STUDY_METHODS, StudyContext, check_methods
 from rlhf_jax.workdir import Workdir, start_stage
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,7 @@ def run_study(config, workdir: str, *, resume_with_changes: bool = False) -> dic
     settings) are set aside as ``samples.before-changes`` and drawn again.
     """
     check_judge(config)
+    methods = check_methods(config)
     wd, _ = start_stage(config, workdir, resume_with_changes=resume_with_changes)
     stage = lambda name: os.path.join(workdir, name)  # noqa: E731
     if wd.accepted_changes and os.path.isdir(stage("samples")) and wd.is_writer:
@@ -158,6 +161,14 @@ def run_study(config, workdir: str, *, resume_with_changes: bool = False) -> dic
         train_ppo(ppo_config, stage(f"ppo_{variant}"), **again)
         exports[variant] = os.path.join(stage(f"ppo_{variant}"), "export")
         curves[variant] = Workdir(stage(f"ppo_{variant}")).read_metrics()
+    context = StudyContext(config, workdir, sft_export, stage("rm"), again)
+    for name in methods:
+        made = STUDY_METHODS[name](context, name)
+        exports[name] = made.export
+        if made.curves:
+            curves[name] = made.curves
+    if "odin" in methods:
+        rm_dirs["ODIN"] = stage("rm_odin")
     rm, rm_params = load_scalar_model(rm_export)
     rm_tokenizer = load_tokenizer(rm_export)
     os.makedirs(stage("samples"), exist_ok=True)
@@ -166,21 +177,23 @@ def run_study(config, workdir: str, *, resume_with_changes: bool = False) -> dic
                                     os.path.join(stage("samples"), f"{name}.jsonl"))
                for name, path in exports.items()}
     judge = config.study.judge
-    wins = []
-    for name, rows in samples.items():
-        if name != "sft":
-            wins.append({"policy": name, **evaluate.compare_policies(
-                rows, samples["sft"], evaluate.ScoreJudge(judge), seed=config.study.seed)})
-    win_table = [{"policy": w["policy"], f"win rate vs sft ({judge} judge)": w["win_rate"],
-                  "95% low": w["ci_low"], "95% high": w["ci_high"],
-                  "length-controlled": w["lc_win_rate"],
-                  "share not longer than sft": w["lc_share_a_not_longer"]} for w in wins]
+    wins = win_rates(samples, judge, config.study.seed)
+    tables = {f"Win rates against SFT, {judge} judge": win_table(wins, judge)}
+    rm_wins = None
+    if methods and judge != "score":  # the debiasing study: the reward model judges too
+        rm_wins = win_rates(samples, "score", config.study.seed)
+        tables["Win rates against SFT, reward-model judge"] = win_table(rm_wins, "score")
+    figures = {}
+    if methods and is_synthetic(config):
+        os.makedirs(stage("report"), exist_ok=True)
+        figures["Gold quality gain against length gain, one point per method"] = (
+            plots.gold_vs_length_gain(gain_points(samples), os.path.join(
+                stage("report"), "gold_vs_length_gain.png")))
     report = analyze(samples, stage("report"), baseline="sft", curves=curves,
                      bin_width=config.study.bin_width, max_length=config.study.bin_max_length,
                      nrg_normalizer=config.study.nrg_normalizer,
-                     reward_models=rm_dirs,
-                     extra_tables={f"Win rates against SFT, {judge} judge": win_table})
-    summary = summary_table(samples, report, wins)
+                     reward_models=rm_dirs, extra_tables=tables, extra_figures=figures)
+    summary = summary_table(samples, report, wins, rm_wins)
     result = {"policies": summary, "reward_models": report["reward_models"], "judge": judge,
               "report": os.path.join(stage("report"), "report.html")}
     with open(os.path.join(workdir, "study.json"), "w") as f:
@@ -188,18 +201,56 @@ def run_study(config, workdir: str, *, resume_with_changes: bool = False) -> dic
     return result
 
 
-def summary_table(samples: dict, report: dict, wins: list) -> list:
+def win_rates(samples: dict, judge: str, seed: int) -> list:
+    """Each policy's comparison with SFT, sample for sample, by ``row[judge]``
+    (:func:`rlhf_jax.evaluate.compare_policies`: win rate, its paired-bootstrap interval, the
+    length-controlled rate)."""
+    return [{"policy": name, **evaluate.compare_policies(rows, samples["sft"],
+                                                         evaluate.ScoreJudge(judge), seed=seed)}
+            for name, rows in samples.items() if name != "sft"]
+
+
+def win_table(wins: list, judge: str) -> list:
+    return [{"policy": w["policy"], f"win rate vs sft ({judge} judge)": w["win_rate"],
+             "95% low": w["ci_low"], "95% high": w["ci_high"],
+             "length-controlled": w["lc_win_rate"],
+             "share not longer than sft": w["lc_share_a_not_longer"]} for w in wins]
+
+
+def gain_points(samples: dict) -> list:
+    """Per policy but SFT: its mean length gain and mean gold-quality gain over SFT."""
+    def mean(rows, key):
+        return float(np.mean([r[key] for r in rows]))
+    base = samples["sft"]
+    return [{"policy": name, "length_gain": mean(rows, "length") - mean(base, "length"),
+             "gold_gain": mean(rows, "gold") - mean(base, "gold")}
+            for name, rows in samples.items() if name != "sft"]
+
+
+def summary_table(samples: dict, report: dict, wins: list, rm_wins: list = None) -> list:
+    """One row per policy. With ``rm_wins`` (the debiasing study) also the gold gain over SFT,
+    the gold win rate's 95% interval and the reward-model-judged win rate."""
     gains = {g["policy"]: g for g in report["gains"]}
     win = {w["policy"]: w for w in wins}
+    rm_win = {w["policy"]: w for w in rm_wins or []}
+    sft_gold = (float(np.mean([r["gold"] for r in samples["sft"]]))
+                if "gold" in samples["sft"][0] else None)
     rows = []
     for name, rs in samples.items():
-        rows.append({"policy": name, "length": float(np.mean([r["length"] for r in rs])),
-                     "rm_score": float(np.mean([r["score"] for r in rs])),
-                     "gold": float(np.mean([r["gold"] for r in rs])) if "gold" in rs[0] else None,
-                     "nrg": gains[name]["nrg"] if name in gains else None,
-                     "nrg_over_delta_r": gains[name]["ratio"] if name in gains else None,
-                     "win_rate_vs_sft": win[name]["win_rate"] if name in win else None,
-                     "lc_win_rate_vs_sft": win[name]["lc_win_rate"] if name in win else None})
+        gold = float(np.mean([r["gold"] for r in rs])) if "gold" in rs[0] else None
+        row = {"policy": name, "length": float(np.mean([r["length"] for r in rs])),
+               "rm_score": float(np.mean([r["score"] for r in rs])),
+               "gold": gold,
+               "nrg": gains[name]["nrg"] if name in gains else None,
+               "nrg_over_delta_r": gains[name]["ratio"] if name in gains else None,
+               "win_rate_vs_sft": win[name]["win_rate"] if name in win else None,
+               "lc_win_rate_vs_sft": win[name]["lc_win_rate"] if name in win else None}
+        if rm_wins is not None:
+            row.update({"gold_gain": None if gold is None else gold - sft_gold,
+                        "win_ci_low": win[name]["ci_low"] if name in win else None,
+                        "win_ci_high": win[name]["ci_high"] if name in win else None,
+                        "rm_win_rate_vs_sft": rm_win[name]["win_rate"] if name in rm_win else None})
+        rows.append(row)
     return rows
 
 
@@ -207,15 +258,29 @@ def format_summary(result: dict) -> str:
     def f(v):
         return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
     judge = result.get("judge", "gold")
-    head = ["policy", "length", "RM score", "gold quality", "NRG", "NRG/ΔR",
-            f"win vs SFT ({judge})", f"LC win vs SFT ({judge})"]
-    keys = ["policy", "length", "rm_score", "gold", "nrg", "nrg_over_delta_r", "win_rate_vs_sft",
-            "lc_win_rate_vs_sft"]
+    if "rm_win_rate_vs_sft" in result["policies"][0]:  # the debiasing study
+        head = ["policy", "length", "Δ gold vs SFT", f"win vs SFT ({judge}) [95% CI]",
+                f"LC win ({judge})", "win vs SFT (RM)", "NRG/ΔR"]
+        rows = [[r["policy"], f(r["length"]), f(r["gold_gain"]),
+                 "—" if r["win_rate_vs_sft"] is None else
+                 f"{r['win_rate_vs_sft']:.3f} [{r['win_ci_low']:.3f}, {r['win_ci_high']:.3f}]",
+                 f(r["lc_win_rate_vs_sft"]), f(r["rm_win_rate_vs_sft"]), f(r["nrg_over_delta_r"])]
+                for r in result["policies"]]
+    else:
+        head = ["policy", "length", "RM score", "gold quality", "NRG", "NRG/ΔR",
+                f"win vs SFT ({judge})", f"LC win vs SFT ({judge})"]
+        keys = ["policy", "length", "rm_score", "gold", "nrg", "nrg_over_delta_r",
+                "win_rate_vs_sft", "lc_win_rate_vs_sft"]
+        rows = [[f(r[k]) for k in keys] for r in result["policies"]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(f(r[k]) for k in keys) + " |" for r in result["policies"]]
-    lines += ["", "| reward model | eval accuracy | corr(reward, length) | train length heuristic |",
-              "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    odin = "corr(quality head, length)" in result["reward_models"][0]
+    lines += ["", "| reward model | eval accuracy | corr(reward, length) | train length heuristic |"
+              + (" corr(quality head, length) |" if odin else ""),
+              "|---|---|---|---|" + ("---|" if odin else "")]
     lines += [f"| {r['reward model']} | {f(r['eval accuracy'])} | {f(r['corr(reward, length)'])} | "
-              f"{f(r['length heuristic (train)'])} |" for r in result["reward_models"]]
+              f"{f(r['length heuristic (train)'])} |"
+              + (f" {f(r['corr(quality head, length)'])} |" if odin else "")
+              for r in result["reward_models"]]
     lines += ["", f"report: {result['report']}"]
     return "\n".join(lines)

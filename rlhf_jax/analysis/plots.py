@@ -87,3 +87,28 @@ def training_curves(rows_by_policy: Mapping[str, Sequence[dict]], path: str) -> 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def gold_vs_length_gain(points: Sequence[dict], path: str) -> str:
+    """One point per method: its mean gold-quality gain over SFT against its mean length gain
+    (``points``: ``{"policy", "length_gain", "gold_gain"}``). Up and to the left is quality
+    bought without length."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.axhline(0.0, color="tab:gray", lw=0.8)
+    ax.axvline(0.0, color="tab:gray", lw=0.8)
+    for p in points:
+        ax.plot([p["length_gain"]], [p["gold_gain"]], "o", color="tab:blue")
+        ax.annotate(p["policy"], (p["length_gain"], p["gold_gain"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    gains = sorted(abs(p["gold_gain"]) for p in points)
+    ylabel = "mean gold-quality gain over SFT"
+    if len(gains) > 2 and gains[-1] > 5 * max(gains[-2], 1e-9):  # one outlier: keep the rest legible
+        ax.set_yscale("symlog", linthresh=max(gains[-2], 0.5))
+        ylabel += " (symlog)"
+    ax.set(xlabel="mean length gain over SFT (tokens)", ylabel=ylabel,
+           title="Gold quality gain against length gain")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import os
 import shutil
 from typing import Mapping, Optional, Sequence
@@ -27,6 +28,8 @@ from rlhf_jax.analysis import plots
 from rlhf_jax.analysis.length import length_reward_correlation, weighted_reward_gain
 from rlhf_jax.analysis.reward_models import reward_model_summaries
 from rlhf_jax.data.records import DataError
+
+log = logging.getLogger(__name__)
 
 
 def check_shared_prompts(samples: Mapping[str, Sequence[dict]]) -> None:
@@ -59,11 +62,13 @@ def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: st
             nrg_normalizer: str = "all_binned",
             curves: Optional[Mapping[str, Sequence[dict]]] = None,
             reward_models: Optional[Mapping[str, str]] = None,
-            extra_tables: Optional[Mapping[str, list]] = None) -> dict:
+            extra_tables: Optional[Mapping[str, list]] = None,
+            extra_figures: Optional[Mapping[str, str]] = None) -> dict:
     """Compute the tables, draw the plots, write ``summary.json``, ``report.md`` and ``report.html``.
 
     ``curves``: ``{policy: PPO metrics rows}``; ``reward_models``: ``{name: train-rm
-    workdir}``; ``extra_tables``: ``{title: rows}`` appended as they are.
+    workdir}``; ``extra_tables``: ``{title: rows}`` appended as they are; ``extra_figures``:
+    ``{title: png path in out_dir}``, drawn by the caller, shown first.
     """
     if baseline not in samples:
         raise DataError(f"baseline {baseline!r} is not among the policies {list(samples)}")
@@ -73,14 +78,21 @@ def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: st
     os.makedirs(out_dir, exist_ok=True)
     policies = [policy_row(name, rows) for name, rows in samples.items()]
     base = samples[baseline]
-    gains, figures = [], []
+    gains, figures = [], list((extra_figures or {}).items())
     for name, rows in samples.items():
         if name == baseline:
             continue
-        gain = weighted_reward_gain([r["length"] for r in base], [r["score"] for r in base],
-                                    [r["length"] for r in rows], [r["score"] for r in rows],
-                                    bin_width=bin_width, max_length=max_length, strict=strict,
-                                    normalizer=nrg_normalizer)
+        try:
+            gain = weighted_reward_gain([r["length"] for r in base], [r["score"] for r in base],
+                                        [r["length"] for r in rows], [r["score"] for r in rows],
+                                        bin_width=bin_width, max_length=max_length,
+                                        strict=strict, normalizer=nrg_normalizer)
+        except ValueError as err:  # no length bin shared with the baseline: NRG is undefined
+            log.warning("%s vs %s: %s", name, baseline, err)
+            delta = float(np.mean([r["score"] for r in rows]) - np.mean([r["score"] for r in base]))
+            gains.append({"policy": name, "vs": baseline, "delta_r": delta, "nrg": None,
+                          "ratio": None, "bins": [], "undefined": str(err)})
+            continue
         gains.append({"policy": name, "vs": baseline, "delta_r": gain.delta_r, "nrg": gain.nrg,
                       "ratio": gain.ratio, "bins": gain.bins})
         figures.append((f"Binned reward gain, {baseline} → {name}", plots.binned_gain_arrows(
@@ -119,6 +131,8 @@ def _slug(name: str) -> str:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "—"
     if isinstance(value, float):
         return "nan" if np.isnan(value) else f"{value:.3f}"
     return str(value)

@@ -49,7 +49,10 @@ def reward_model_row(name: str, result: dict) -> dict:
             "length heuristic (train, before intervention)": before.get("length_heuristic"),
             "length heuristic (train)": data.get("train", {}).get("length_heuristic"),
             "length heuristic (eval)": data.get("eval", {}).get("length_heuristic"),
-            "train pairs": data.get("train", {}).get("pairs")}
+            "train pairs": data.get("train", {}).get("pairs"),
+            # ODIN (rm.loss = "odin"): its quality head, the reward PPO reads
+            "quality head accuracy": ev.get("quality_accuracy"),
+            "corr(quality head, length)": ev.get("quality_length_corr")}
 
 
 def cartography_of(workdir: str, result: dict) -> Optional[tuple]:
@@ -77,4 +80,7 @@ def reward_model_summaries(workdirs: dict) -> tuple:
             maps[name] = found[0]
             if found[1]:
                 figures[name] = found[1]
+    if not any(r["corr(quality head, length)"] is not None for r in rows):
+        for r in rows:  # no ODIN model: no empty columns
+            del r["quality head accuracy"], r["corr(quality head, length)"]
     return rows, maps, figures
