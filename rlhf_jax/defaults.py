@@ -232,14 +232,24 @@ def sft_config(source: str = "synthetic", init: str = "preset:tiny-llama") -> ml
 
 
 INTERVENTIONS = tuple(RM_INTERVENTIONS)  # the registry of rlhf_jax.reward.interventions
+RM_VARIANTS = INTERVENTIONS + ("odin", "calibrated")
+"""``configs/rm/*.py:VARIANT``: the paper's interventions (Table 4), then ODIN's two-head model
+(``rm.loss = "odin"``) and the standard model with its LOWESS length trend fitted
+(``rm.calibration = "lowess"``), which PPO's ``:odin`` and ``:calibrated`` read."""
 
 
 def with_intervention(config: mlc.ConfigDict, intervention: str) -> mlc.ConfigDict:
-    """Select a reward-model intervention of Table 4 (the one line a paper variant changes)."""
-    if intervention not in INTERVENTIONS:
-        raise ValueError(f"unknown reward-model intervention {intervention!r}; expected one of "
-                         f"{INTERVENTIONS}")
-    config.rm.intervention = intervention
+    """Select a reward-model variant (:data:`RM_VARIANTS`; the one line a paper variant
+    changes)."""
+    if intervention not in RM_VARIANTS:
+        raise ValueError(f"unknown reward-model variant {intervention!r}; expected one of "
+                         f"{RM_VARIANTS}")
+    if intervention == "odin":
+        config.rm.loss = "odin"
+    elif intervention == "calibrated":
+        config.rm.calibration = "lowess"
+    else:
+        config.rm.intervention = intervention
     return config
 
 

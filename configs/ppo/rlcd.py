@@ -4,11 +4,15 @@ The setting of :func:`rlhf_jax.defaults.paper_ppo_config` against the reward mod
 of ``configs/rm/rlcd.py``; prompts: hh-rlhf helpful-base prompts (the paper's RLCD setting), the paper's "Continue the conversation" Alpaca prompt
 (``templates.rlcd_policy_prompt``) and reward-model input (``templates.rlcd_rm_text``). Variants: ``:high_kl``,
 ``:reward_scaling``, ``:length_penalty``, ``:omit_long``, ``:lppo`` (N = 120),
-``:lppo_beta0``.
+``:lppo_beta0``; then the debiasing methods since the paper (issue 17): ``:odin`` (PPO on the
+quality head of ``configs/rm/rlcd.py:odin``'s export, ``runs/rm_rlcd_odin/export``),
+``:calibrated`` (the LOWESS-calibrated reward of ``configs/rm/rlcd.py:calibrated``,
+``runs/rm_rlcd_calibrated/export``), ``:grpo`` and ``:dr_grpo`` (8 prompts × 8 responses a
+step, no value loss).
 
 Command::
 
-    rlhf-jax ppo --config configs/ppo/rlcd.py[:VARIANT] --workdir runs/ppo_rlcd \\
+    rlhf-jax ppo --config configs/ppo/rlcd.py[:VARIANT] --workdir runs/ppo_rlcd[_VARIANT] \\
         --config.model.init=/path/to/llama-7b-sft
 
 Sized for (``rlhf-jax fit`` at 12da3a0 on the WebGPT config, whose shapes this one shares;

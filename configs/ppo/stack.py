@@ -4,11 +4,15 @@ The setting of :func:`rlhf_jax.defaults.paper_ppo_config` against the reward mod
 of ``configs/rm/stack.py``; prompts: the questions of stack-exchange-paired's ``rl``
 folder, template "Question: …\\n\\nAnswer: ". Variants: ``:high_kl``,
 ``:reward_scaling``, ``:length_penalty``, ``:omit_long``, ``:lppo`` (N = 250),
-``:lppo_beta0``.
+``:lppo_beta0``; then the debiasing methods since the paper (issue 17): ``:odin`` (PPO on the
+quality head of ``configs/rm/stack.py:odin``'s export, ``runs/rm_stack_odin/export``),
+``:calibrated`` (the LOWESS-calibrated reward of ``configs/rm/stack.py:calibrated``,
+``runs/rm_stack_calibrated/export``), ``:grpo`` and ``:dr_grpo`` (8 prompts × 8 responses a
+step, no value loss).
 
 Command::
 
-    rlhf-jax ppo --config configs/ppo/stack.py[:VARIANT] --workdir runs/ppo_stack \\
+    rlhf-jax ppo --config configs/ppo/stack.py[:VARIANT] --workdir runs/ppo_stack[_VARIANT] \\
         --config.model.init=/path/to/llama-7b-sft
 
 Sized for (``rlhf-jax fit`` at 12da3a0 on the WebGPT config, whose shapes this one shares;

@@ -3,11 +3,15 @@
 The setting of :func:`rlhf_jax.defaults.paper_ppo_config` against the reward model
 of ``configs/rm/webgpt.py``; prompts: the WebGPT comparisons' questions, Alpaca template. Variants: ``:high_kl``,
 ``:reward_scaling``, ``:length_penalty``, ``:omit_long``, ``:lppo`` (N = 156),
-``:lppo_beta0``.
+``:lppo_beta0``; then the debiasing methods since the paper (issue 17): ``:odin`` (PPO on the
+quality head of ``configs/rm/webgpt.py:odin``'s export, ``runs/rm_webgpt_odin/export``),
+``:calibrated`` (the LOWESS-calibrated reward of ``configs/rm/webgpt.py:calibrated``,
+``runs/rm_webgpt_calibrated/export``), ``:grpo`` and ``:dr_grpo`` (8 prompts × 8 responses a
+step, no value loss).
 
 Command::
 
-    rlhf-jax ppo --config configs/ppo/webgpt.py[:VARIANT] --workdir runs/ppo_webgpt \\
+    rlhf-jax ppo --config configs/ppo/webgpt.py[:VARIANT] --workdir runs/ppo_webgpt[_VARIANT] \\
         --config.model.init=/path/to/llama-7b-sft
 
 Sized for (``rlhf-jax fit`` at 12da3a0, LLaMA-7B shapes, the paper's LoRA as shipped): one

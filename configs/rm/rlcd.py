@@ -4,11 +4,11 @@ Experiment: LLaMA-7B Bradley–Terry reward model on RLCD's
 ``simulated_preference_data_consolidated_helpful7b.csv`` (rows with a missing
 output dropped; "Human: " / "\\n\\nAssistant:" stripped from the instruction;
 seed 100, first 40,000 train, the rest eval), input "Question: {q}\\n\\nAnswer: {a}",
-512 tokens. Variants ``:bal``, ``:rda``, ``:ctr`` as in Table 4.
+512 tokens. Variants ``:bal``, ``:rda``, ``:ctr`` as in Table 4. ``:odin`` trains ODIN's quality and length heads (Chen et al. 2024); ``:calibrated`` fits the length trend of the standard model's rewards (Huang et al. 2024) into its export.
 
 Command::
 
-    rlhf-jax train-rm --config configs/rm/rlcd.py[:bal|:rda|:ctr] --workdir runs/rm_rlcd \\
+    rlhf-jax train-rm --config configs/rm/rlcd.py[:bal|:rda|:ctr|:odin|:calibrated] --workdir runs/rm_rlcd[_VARIANT] \\
         --config.model.init=/path/to/llama-7b-hf \\
         --config.data.path=simulated_preference_data_consolidated_helpful7b.csv
 
@@ -23,9 +23,9 @@ change first::
         --config.model.init=preset:llama-7b
 """
 
-from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
+from rlhf_jax.defaults import RM_VARIANTS, paper_reward_model_config
 
-VARIANTS = INTERVENTIONS
+VARIANTS = RM_VARIANTS
 
 
 def get_config(intervention: str = "none"):

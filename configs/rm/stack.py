@@ -3,11 +3,11 @@
 Experiment: LLaMA-7B Bradley–Terry reward model on ``lvwerra/stack-exchange-paired``
 (response_j ≻ response_k), the ``reward`` folder for training and ``evaluation``
 for eval, input "Question: {q}\\n\\nAnswer: {a}", 512 tokens. Variants ``:bal``,
-``:rda``, ``:ctr`` as in Table 4.
+``:rda``, ``:ctr`` as in Table 4. ``:odin`` trains ODIN's quality and length heads (Chen et al. 2024); ``:calibrated`` fits the length trend of the standard model's rewards (Huang et al. 2024) into its export.
 
 Command::
 
-    rlhf-jax train-rm --config configs/rm/stack.py[:bal|:rda|:ctr] --workdir runs/rm_stack \\
+    rlhf-jax train-rm --config configs/rm/stack.py[:bal|:rda|:ctr|:odin|:calibrated] --workdir runs/rm_stack[_VARIANT] \\
         --config.model.init=/path/to/llama-7b-hf [--config.data.path=stack-exchange-paired/data]
 
 Sized for (``rlhf-jax fit`` at 12da3a0 on the WebGPT config, whose shapes this one shares;
@@ -21,9 +21,9 @@ change first::
         --config.model.init=preset:llama-7b
 """
 
-from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
+from rlhf_jax.defaults import RM_VARIANTS, paper_reward_model_config
 
-VARIANTS = INTERVENTIONS
+VARIANTS = RM_VARIANTS
 
 
 def get_config(intervention: str = "none"):

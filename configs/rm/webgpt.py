@@ -4,11 +4,11 @@ Experiment: LLaMA-7B Bradley–Terry reward model on ``openai/webgpt_comparisons
 (preferred = higher score, ties to answer_1 as the paper's code; shuffled with
 seed 100, first 18,000 train, the rest eval), input "Question: {q}\\n\\nAnswer: {a}",
 512 tokens. Variants ``:bal``, ``:rda``, ``:ctr`` select length balancing, random
-data augmentation and confidence-based truncation (Table 4).
+data augmentation and confidence-based truncation (Table 4). ``:odin`` trains ODIN's quality and length heads (Chen et al. 2024); ``:calibrated`` fits the length trend of the standard model's rewards (Huang et al. 2024) into its export.
 
 Command::
 
-    rlhf-jax train-rm --config configs/rm/webgpt.py[:bal|:rda|:ctr] --workdir runs/rm_webgpt \\
+    rlhf-jax train-rm --config configs/rm/webgpt.py[:bal|:rda|:ctr|:odin|:calibrated] --workdir runs/rm_webgpt[_VARIANT] \\
         --config.model.init=/path/to/llama-7b-hf [--config.data.path=comparisons.jsonl]
 
 Sized for (``rlhf-jax fit`` at 12da3a0, LLaMA-7B shapes, the paper's LoRA as shipped): one
@@ -21,9 +21,9 @@ change first::
         --config.model.init=preset:llama-7b
 """
 
-from rlhf_jax.defaults import INTERVENTIONS, paper_reward_model_config
+from rlhf_jax.defaults import RM_VARIANTS, paper_reward_model_config
 
-VARIANTS = INTERVENTIONS
+VARIANTS = RM_VARIANTS
 
 
 def get_config(intervention: str = "none"):
