@@ -194,3 +194,30 @@ def test_dpo_phases_follow_where_the_reference_comes_from():
     assert flops["copy"]["dpo eval"] == pytest.approx(per_pair * config.dpo.eval_batch_size)
     assert flops["base"]["dpo eval"] == pytest.approx(2 * flops["copy"]["dpo eval"])
     assert all(r.fits for r in reports.values())
+
+
+def test_odin_reward_model_compiles_with_its_second_head(tiny_rm_report):
+    """ODIN (``rm.loss = odin``): the same phases, and a train state larger by the length head
+    alone: its kernel and bias, with Adam's two moments, six small buffers that the TPU
+    layout pads to at most 1 KiB each."""
+    config = tiny_rm_config()
+    with config.unlocked():
+        config.rm.loss = "odin"
+    (odin,) = fit.fit(config, "v5e-8")
+    assert [p.name for p in odin.phases] == ["rm step", "rm eval"] and odin.fits
+    extra = odin.phases[0].argument_bytes - tiny_rm_report.phases[0].argument_bytes
+    assert 0 < extra <= 6 * 1024
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo"])
+def test_group_estimator_ppo_compiles(estimator):
+    """GRPO / Dr. GRPO: PPO's phases at the same shapes (groups are consecutive rows of the same
+    batch), the update without its value loss."""
+    config = tiny_ppo_config(0)
+    with config.unlocked():
+        config.ppo.advantage_estimator = estimator
+        config.ppo.group_size = 4
+    (report,) = fit.fit(config, "v5e-8")
+    (gae,) = fit.fit(tiny_ppo_config(0), "v5e-8")
+    assert [p.name for p in report.phases] == [p.name for p in gae.phases]
+    assert report.fits
