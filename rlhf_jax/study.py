@@ -9,7 +9,9 @@ Stages, each resumable in its own sub-directory of the workdir (a stage with a
 2. ``rm/`` and ``rm_bal/``: the standard and the length-balanced reward model
    (:mod:`rlhf_jax.reward.train`);
 3. ``ppo_<variant>/``: PPO against the standard reward model for each variant of
-   ``config.ppo_variants`` (standard, high KL, LPPO, …);
+   ``config.ppo_variants`` (standard, high KL, LPPO, …); then ``<method>/`` for each name in
+   ``config.methods`` (:data:`rlhf_jax.study_methods.STUDY_METHODS`: ODIN, the calibrated
+   reward, GRPO, Dr. GRPO, DPO, R-DPO, SimPO), from the same SFT policy and reward model;
 4. ``samples/<policy>.jsonl``: ``study.samples_per_prompt`` samples per eval prompt
    of the SFT policy and every PPO policy, scored by the standard reward model
    (``score``) and, on the synthetic task, by the gold judge (``gold``, its true
@@ -23,7 +25,10 @@ Stages, each resumable in its own sub-directory of the workdir (a stage with a
 Returns (and prints) the summary table: mean length, reward-model score, gold
 quality (synthetic task), NRG and NRG/ΔR over SFT, win rate vs SFT (with its 95%
 interval and the length-controlled rate) for each policy, and the reward models'
-length correlations.
+length correlations. With ``config.methods`` (``configs/debias.py``) the table is the
+debiasing one: the gold gain over SFT, the gold win rate with its interval, the
+length-controlled and the reward-model-judged win rates, and NRG/ΔR; the report adds the
+reward-model-judged win table and a plot of gold gain against length gain.
 """
 
 from __future__ import annotations
