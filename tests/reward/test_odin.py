@@ -168,3 +168,28 @@ def test_two_head_export_matches_transformers(odin_export):
     bias = np.asarray([float(params["score"]["bias"]), float(params["length_score"]["bias"])])
     full = [0, 2]  # transformers finds a row's last token by pad id; row 1 is padded by mask only
     np.testing.assert_allclose((both - bias)[full], logits[full], atol=1e-4)  # its score: no bias
+
+
+def test_ppo_reward_head_choices_are_checked(odin_export, tmp_path):
+    import ml_collections
+
+    from rlhf_jax.config import ConfigError
+    from rlhf_jax.ppo.rewards import reward_model_of
+    path, params, ids, mask, both = odin_export
+
+    def reward(model, head, calibration="none"):
+        return ml_collections.ConfigDict({"model": model, "head": head, "calibration": calibration,
+                                          "dtype": "float32", "param_dtype": "float32"})
+
+    model, loaded = reward_model_of(reward(path, "quality"))
+    values = np.asarray(model.apply({"params": loaded}, ids, attention_mask=mask).values)
+    np.testing.assert_allclose(values, both[:, 0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="'reward.head' = 'style'"):
+        reward_model_of(reward(path, "style"))
+    with pytest.raises(ConfigError, match="fitted on the summed reward"):
+        reward_model_of(reward(path, "quality", calibration="lowess"))
+    plain = ScalarModel(config_from_hf(preset_config("tiny-llama")))
+    save_scalar_model(plain, init_some_params(plain, jax.random.key(0), lambda p: True),
+                      str(tmp_path))
+    with pytest.raises(ConfigError, match="'reward.head' = 'quality'.*one-head reward model"):
+        reward_model_of(reward(str(tmp_path), "quality"))

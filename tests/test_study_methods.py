@@ -1,0 +1,48 @@
+"""The study's method registry: its config checks, before any stage trains."""
+
+import os
+
+import pytest
+
+from rlhf_jax.config import ConfigError, load_config
+from rlhf_jax.study_methods import STUDY_METHODS, check_methods
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def debias_config(**changes):
+    config = load_config(os.path.join(ROOT, "configs", "debias.py"))
+    with config.unlocked():
+        for key, value in changes.items():
+            node = config
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+    return config
+
+
+def test_the_debias_config_names_every_method():
+    assert check_methods(debias_config()) == tuple(STUDY_METHODS)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"methods": ("odin", "ppo_magic")}, r"names \['ppo_magic'\]"),
+    ({"methods": ("grpo",), "ppo_variants": ("standard", "grpo")}, "both a PPO variant and a method"),
+    ({"rm.rm.calibration": "none"}, "needs rm.rm.calibration = 'lowess'"),
+])
+def test_bad_method_configs_are_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check_methods(debias_config(**changes))
+
+
+def test_a_dpo_method_needs_the_dpo_section():
+    config = debias_config()
+    with config.unlocked():
+        del config["dpo"]
+    with pytest.raises(ConfigError, match="no 'dpo' section"):
+        check_methods(config)
+
+
+def test_the_demo_has_no_methods():
+    assert check_methods(load_config(os.path.join(ROOT, "configs", "demo.py"))) == ()
