@@ -91,10 +91,19 @@ def calibrated(ctx: StudyContext, name: str) -> MethodOutput:
 
 def _group(estimator: str) -> Callable:
     def method(ctx: StudyContext, name: str) -> MethodOutput:
-        return _ppo(ctx, name, **{"ppo.advantage_estimator": estimator,
-                                  "ppo.group_size": ctx.config.study.group_size})
-    method.__doc__ = (f"PPO's loop with the ``{estimator}`` estimator: ``study.group_size`` "
-                      "responses per prompt, group-relative advantages, no value loss.")
+        from rlhf_jax.ppo.trainer import train_ppo
+        from rlhf_jax.ppo.variants import PPO_VARIANTS
+        from rlhf_jax.workdir import Workdir
+        config = ctx.ppo_config()
+        with config.unlocked():
+            PPO_VARIANTS[estimator](config)   # the estimator and its KL, as each paper has it
+            config.ppo.group_size = ctx.config.study.group_size
+        train_ppo(config, ctx.stage(name), **ctx.again)
+        return MethodOutput(os.path.join(ctx.stage(name), "export"),
+                            Workdir(ctx.stage(name)).read_metrics())
+    method.__doc__ = (f"PPO's loop with the ``{estimator}`` variant (its estimator and KL, "
+                      ":mod:`rlhf_jax.ppo.variants`) and ``study.group_size`` responses per "
+                      "prompt: group-relative advantages, no value loss.")
     return method
 
 
@@ -112,6 +121,12 @@ def _direct(loss: str) -> Callable:
     return method
 
 
+NEEDS_ITS_OWN_REWARD_MODEL = ("odin", "calibrated")
+"""PPO variants that read a sibling reward-model run; in a study they are methods."""
+PAIR_KEYS = ("source", "path", "train_split", "eval_split", "eval_fraction", "max_train_pairs",
+             "max_eval_pairs", "max_length", "seed", "synthetic", "options")
+"""The ``data`` keys that decide which preference pairs a stage reads."""
+
 STUDY_METHODS = {"odin": odin, "calibrated": calibrated,
                  "grpo": _group("grpo"), "dr_grpo": _group("dr_grpo"),
                  "dpo": _direct("dpo"), "rdpo": _direct("rdpo"), "simpo": _direct("simpo")}
@@ -128,9 +143,23 @@ def check_methods(config) -> tuple:
     clash = set(methods) & set(config.ppo_variants)
     if clash:
         raise ConfigError(f"{sorted(clash)} are both a PPO variant and a method: one row each")
-    if any(m in ("dpo", "rdpo", "simpo") for m in methods) and "dpo" not in config:
-        raise ConfigError("config.methods has a DPO-family method but the config has no 'dpo' "
-                          "section (e.g. load_config('configs/synthetic/dpo.py'))")
+    elsewhere = set(config.ppo_variants) & set(NEEDS_ITS_OWN_REWARD_MODEL)
+    if elsewhere:
+        raise ConfigError(f"config.ppo_variants {sorted(elsewhere)} read a reward-model run the "
+                          "study does not train; list them in config.methods instead")
+    if any(m in ("grpo", "dr_grpo") for m in methods):
+        group, batch = config.study.get("group_size", 0), config.ppo.ppo.batch_size
+        if group < 2 or batch % group:
+            raise ConfigError(f"study.group_size = {group}: the group methods need ≥ 2 "
+                              f"responses per prompt dividing ppo.ppo.batch_size {batch}")
+    if any(m in ("dpo", "rdpo", "simpo") for m in methods):
+        if "dpo" not in config:
+            raise ConfigError("config.methods has a DPO-family method but the config has no "
+                              "'dpo' section (e.g. load_config('configs/synthetic/dpo.py'))")
+        differ = [k for k in PAIR_KEYS if config.dpo.data.get(k) != config.rm.data.get(k)]
+        if differ:
+            raise ConfigError(f"dpo.data and rm.data differ in {differ}: the DPO methods must "
+                              "train on the reward model's preference pairs")
     if "calibrated" in methods and config.rm.rm.calibration != "lowess":
         raise ConfigError("method 'calibrated' needs rm.rm.calibration = 'lowess' (the length "
                           "trend is fitted with the reward model)")

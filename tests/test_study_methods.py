@@ -43,3 +43,21 @@ def test_a_dpo_method_needs_the_dpo_section():
 
 def test_the_demo_has_no_methods():
     assert check_methods(load_config(os.path.join(ROOT, "configs", "demo.py"))) == ()
+
+
+def test_variants_that_need_their_own_reward_model_are_methods_in_a_study():
+    with pytest.raises(ConfigError, match=r"ppo_variants \['odin'\] read a reward-model run"):
+        check_methods(debias_config(methods=("dpo",), ppo_variants=("standard", "odin")))
+
+
+def test_group_size_and_dpo_pairs_are_checked_up_front():
+    config = debias_config()
+    with config.unlocked():
+        config.study.group_size = 5          # does not divide the PPO batch of 32
+    with pytest.raises(ConfigError, match="study.group_size = 5"):
+        check_methods(config)
+    config = debias_config()
+    with config.unlocked():
+        config.dpo.data.synthetic.beta = 0.0  # unbiased pairs: not the reward model's
+    with pytest.raises(ConfigError, match=r"differ in \['synthetic'\]"):
+        check_methods(config)

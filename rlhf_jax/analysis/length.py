@@ -90,6 +90,10 @@ NRG_NORMALIZERS = {"all_binned": all_binned_samples, "shared_bins": shared_bin_s
 """How NRG's ``N`` is counted, by name; ``all_binned`` is the paper's."""
 
 
+class NoSharedBins(ValueError):
+    """No length bin holds samples of both policies, so NRG is undefined."""
+
+
 def weighted_reward_gain(lengths_a, rewards_a, lengths_b, rewards_b, bin_width: int = 20,
                          max_length: int = 260, strict: bool = True,
                          normalizer: str = "all_binned") -> WeightedRewardGain:
@@ -115,7 +119,7 @@ def weighted_reward_gain(lengths_a, rewards_a, lengths_b, rewards_b, bin_width: 
             weighted += (in_b.mean() - in_a.mean()) * (len(in_a) + len(in_b))
             shared += 1
     if shared == 0:
-        raise ValueError("no length bin holds samples of both policies: NRG is undefined "
+        raise NoSharedBins("no length bin holds samples of both policies: NRG is undefined "
                          f"(bins of {bin_width} over [0, {max_length}))")
     nrg = weighted / NRG_NORMALIZERS[normalizer](table)
     delta = float(rewards_b.mean() - rewards_a.mean())

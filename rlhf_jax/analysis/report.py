@@ -25,7 +25,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from rlhf_jax.analysis import plots
-from rlhf_jax.analysis.length import length_reward_correlation, weighted_reward_gain
+from rlhf_jax.analysis.length import (NoSharedBins, length_reward_correlation,
+                                      weighted_reward_gain)
 from rlhf_jax.analysis.reward_models import reward_model_summaries
 from rlhf_jax.data.records import DataError
 
@@ -87,7 +88,7 @@ def analyze(samples: Mapping[str, Sequence[dict]], out_dir: str, *, baseline: st
                                         [r["length"] for r in rows], [r["score"] for r in rows],
                                         bin_width=bin_width, max_length=max_length,
                                         strict=strict, normalizer=nrg_normalizer)
-        except ValueError as err:  # no length bin shared with the baseline: NRG is undefined
+        except NoSharedBins as err:  # no length bin shared with the baseline: NRG is undefined
             log.warning("%s vs %s: %s", name, baseline, err)
             delta = float(np.mean([r["score"] for r in rows]) - np.mean([r["score"] for r in base]))
             gains.append({"policy": name, "vs": baseline, "delta_r": delta, "nrg": None,

@@ -246,9 +246,13 @@ def save_scalar_model(model: ScalarModel, params, path: str, tokenizer=None) -> 
 
 
 def scalar_export_heads(path: str) -> int:
-    """How many heads a scalar export has: 1, or 2 for ODIN's (its ``config.json``
-    ``num_labels``)."""
-    return int(read_config(path).get("num_labels", 1) or 1)
+    """How many heads a scalar export has: 1, or 2 for ODIN's. Read from ``config.json``'s
+    ``id2label`` (which transformers keeps when it saves the model again), else its
+    ``num_labels`` (which transformers 5 no longer writes), else 1."""
+    hf = read_config(path)
+    if hf.get("id2label"):
+        return len(hf["id2label"])
+    return int(hf.get("num_labels", 1) or 1)
 
 
 def load_scalar_model(path: str, readout: str = "last", heads: str = "sum",

@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 
 from rlhf_jax.config import ConfigError
-from rlhf_jax.models.build import check_scalar_export, scalar_model, tokenizer_for
-from rlhf_jax.models.errors import CheckpointError
+from rlhf_jax.models.build import (check_scalar_export, is_scalar_export, resolve_init_path,
+                                   scalar_export_heads, scalar_model, tokenizer_for)
 from rlhf_jax.reward.calibration import (CALIBRATION_FILE, CALIBRATIONS, load_calibration,
                                          response_lengths)
 from rlhf_jax.reward.scoring import RewardScorer
@@ -107,10 +107,12 @@ def reward_model_of(reward_cfg) -> tuple:
     if head != "sum" and reward_cfg.get("calibration", "none") != "none":
         raise ConfigError(f"reward.calibration={reward_cfg.calibration!r} was fitted on the "
                           f"summed reward; it cannot calibrate reward.head={head!r}")
-    try:
-        return scalar_model(reward_model_spec(reward_cfg), jax.random.key(0), heads=head)
-    except CheckpointError as err:
-        raise ConfigError(f"config key 'reward.head' = {head!r}: {err}") from None
+    path = resolve_init_path(reward_cfg.model)
+    if head != "sum" and is_scalar_export(path) and scalar_export_heads(path) == 1:
+        raise ConfigError(f"config key 'reward.head' = {head!r}: {path} is a one-head reward "
+                          "model; a head needs an ODIN export (train-rm with rm.loss='odin'), "
+                          "else use 'sum'")
+    return scalar_model(reward_model_spec(reward_cfg), jax.random.key(0), heads=head)
 
 
 def calibration_of(reward_cfg):

@@ -46,8 +46,9 @@ def bradley_terry_loss(rewards_chosen, rewards_rejected, weights=None, *, margin
 
 def pearson_correlation(x, y, weights=None, eps: float = 1e-8):
     """Pearson's ``ρ(x, y) = cov(x, y) / (σ_x σ_y)`` over the rows with weight > 0 (0/1 weights:
-    the rows kept). ``eps`` under the square root keeps the gradient finite for a constant
-    ``x`` (then ``ρ ≈ 0``)."""
+    the rows kept). ``eps`` under the square root keeps ρ and its gradient finite for a
+    constant ``x`` (then ``ρ = 0``); the gradient still grows as ``1/σ_x`` when ``x`` is
+    nearly constant, as ρ's own does."""
     x = x.astype(jnp.float32)
     y = y.astype(jnp.float32)
     w = jnp.ones_like(x) if weights is None else weights.astype(jnp.float32)
@@ -62,7 +63,8 @@ def odin_length_loss(quality, length_reward, lengths, weights=None):
 
     ``ρ`` is Pearson's correlation over the batch's responses (chosen and rejected alike) and
     ``L`` their lengths in tokens: the quality head is pushed to be uncorrelated with length,
-    the length head to correlate with it. Under a sharded jit the batch is the global one.
+    the length head to correlate with it. Under a sharded jit the batch is the global one;
+    with ``rm.accum_steps > 1`` it is each micro-batch (the correlations are then noisier).
     (RLHFlow's release writes the second term ``1 − ρ``: the same gradient.)"""
     return (jnp.abs(pearson_correlation(quality, lengths, weights))
             - pearson_correlation(length_reward, lengths, weights))
@@ -70,9 +72,9 @@ def odin_length_loss(quality, length_reward, lengths, weights=None):
 
 def orthogonality_loss(quality_kernel, length_kernel, eps: float = 1e-12):
     """ODIN's orthogonality loss (Chen et al. 2024 §4): ``L_O = |ŵ_Q · ŵ_L|`` with ``ŵ = w/‖w‖``,
-    the two heads' projection weights. Deviation named: the weights are normalised to unit
-    length first (the paper's heads are weight-normalised), so a head cannot meet the term by
-    shrinking."""
+    the two heads' projection weights. Deviation named: the paper writes ``|W_Q^T W_L|`` on
+    the raw weights; here the penalty normalises them (the heads themselves stay plain linear
+    layers), so a head cannot meet the term by shrinking its weights."""
     wq = quality_kernel.astype(jnp.float32)
     wl = length_kernel.astype(jnp.float32)
     cosine = jnp.dot(wq, wl) / jnp.sqrt((jnp.dot(wq, wq) + eps) * (jnp.dot(wl, wl) + eps))

@@ -1,7 +1,8 @@
 """The reward-model stage (``rlhf-jax train-rm``): Bradley–Terry training, eval, interventions, export.
 
 Singhal et al. 2023 §2.1/§4.2: a decoder trunk with a scalar head read at the
-last non-pad token, trained with ``−log σ(r⁺ − r⁻)`` on preference pairs, and
+last non-pad token, trained with ``−log σ(r⁺ − r⁻)`` on preference pairs (or, with
+``rm.loss = "odin"``, ODIN's quality and length heads: :mod:`rlhf_jax.reward.losses`), and
 three reward-model-side interventions selected by ``rm.intervention``:
 ``"bal"`` (:func:`~rlhf_jax.reward.interventions.balance_by_length`),
 ``"rda"`` (:func:`~rlhf_jax.reward.interventions.random_data_augmentation`),
@@ -82,7 +83,8 @@ def score_step_for(model, steps):
 
 
 def score_pairs(model, params, batch, rngs=None):
-    """``(r_chosen [b], r_rejected [b])`` from one forward over the ``2b`` stacked rows."""
+    """``(r_chosen, r_rejected)`` from one forward over the ``2b`` stacked rows: ``[b]`` each,
+    or ``[b, 2]`` (quality, length) for ODIN's two-head model."""
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
     rewards = model.apply({"params": params}, ids, attention_mask=mask, rngs=rngs).values
@@ -237,6 +239,9 @@ def train_reward_model(config, workdir: str, *, resume_with_changes: bool = Fals
     if config.rm.calibration not in CALIBRATIONS:
         raise ConfigError(f"rm.calibration = {config.rm.calibration!r}; expected one of "
                           f"{CALIBRATIONS}")
+    if config.rm.calibration == "lowess" and jax.process_count() > 1:
+        raise ConfigError("rm.calibration='lowess' is fitted on one process; run "
+                          "`rlhf-jax train-rm` on one host, or fit it there afterwards")
     trainer = RewardTrainer(config, workdir)
     needs = interventions.RM_INTERVENTIONS[config.rm.intervention].needs_cartography
     stats = _cartography_stats(config, wd, resume_with_changes) if needs else None
@@ -264,13 +269,11 @@ def fit_calibration(config, trainer, params, eval_pairs, export: str) -> dict:
     """``rm.calibration = "lowess"``: the trained model scores both responses of its eval pairs,
     and the length trend of those scores is stored with the export
     (:mod:`rlhf_jax.reward.calibration`)."""
-    if jax.process_count() > 1:
-        raise ConfigError("rm.calibration='lowess' is fitted on one process; run "
-                          "`rlhf-jax train-rm` on one host, or fit it there afterwards")
-    scorer = RewardScorer(trainer.model, jax.device_get(params), trainer.tokenizer,
+    scorer = RewardScorer(trainer.model, params, trainer.tokenizer,
                           template=config.data.template, max_length=config.data.max_length,
                           buckets=tuple(sorted(config.data.buckets)),
-                          append_eos=config.rm.append_eos, batch_size=config.rm.eval_batch_size)
+                          append_eos=config.rm.append_eos, batch_size=config.rm.eval_batch_size,
+                          mesh=trainer.mesh)  # sharded as the eval step: a 7B model fits
     return calibrate_export(scorer, eval_pairs, export, frac=config.rm.calibration_frac,
                             it=config.rm.calibration_it)
 
