@@ -126,7 +126,7 @@ def cmd_score(args) -> int:
     """``score``: add reward-model scores to a samples JSONL."""
     from rlhf_jax.models.build import load_scalar_model, tokenizer_for
     from rlhf_jax.samples import read_jsonl, score_samples, write_jsonl
-    model, params = load_scalar_model(args.model)
+    model, params = load_scalar_model(args.model, heads=args.head)
     tokenizer = tokenizer_for(args.tokenizer, args.model)
     rows = score_samples(read_jsonl(args.input), model, params, tokenizer, template=args.template,
                          batch_size=args.batch_size, append_eos=args.append_eos,
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--append-eos", action="store_true",
                        help="append EOS to each input (only for reward models trained that way)")
     score.add_argument("--batch-size", type=int, default=16)
+    score.add_argument("--head", choices=("sum", "quality", "length"), default="sum",
+                       help="an ODIN export's head (rm.loss='odin'): sum (as trained), quality, "
+                            "length")
     score.set_defaults(func=cmd_score)
     run = sub.add_parser("run", help="the whole study of a config (SFT → RMs → PPO → analysis)")
     run.add_argument("config", help="study config, e.g. configs/demo.py")
