@@ -45,6 +45,17 @@ RESULT_NEUTRAL_KEYS = ("log_every", "save_every", "checkpoint.keep_latest")
 how often it logs and saves, and how many checkpoints it keeps."""
 
 
+KEYS_ADDED_LATER = {
+    "rm.calibration": "none", "rm.calibration_frac": 0.3, "rm.calibration_it": 3,
+    "reward.calibration": "none", "ppo.advantage_estimator": "gae", "ppo.group_size": 1,
+    "rm.loss": "bradley_terry", "rm.odin.length_coef": 1.0, "rm.odin.ortho_coef": 1.0,
+    "reward.head": "sum",
+}
+"""Config keys (dotted suffixes) added after workdirs already existed, with the value that does
+what the code did before they existed: a workdir recorded without such a key computed exactly
+that, so the key at that value is no difference (an older finished run stays usable)."""
+
+
 class WorkdirError(ConfigError):
     """A workdir that cannot be used as asked: another config, a finished run, unwritable."""
 
@@ -214,7 +225,13 @@ def config_differences(recorded: dict, current: dict) -> list:
     """``[(dotted key, recorded value, current value)]`` where two resolved configs differ."""
     a, b = _flatten(recorded), _flatten(current)
     return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b))
-            if a.get(k, ABSENT) != b.get(k, ABSENT)]
+            if a.get(k, ABSENT) != b.get(k, ABSENT)
+            and not (k not in a and _added_later_at_its_old_behaviour(k, b[k]))]
+
+
+def _added_later_at_its_old_behaviour(key: str, value) -> bool:
+    return any((key == k or key.endswith("." + k)) and value == old
+               for k, old in KEYS_ADDED_LATER.items())
 
 
 def changes_results(key: str) -> bool:

@@ -112,3 +112,19 @@ def test_resume_moves_later_rows_and_a_torn_line_aside(tmp_path, caplog):
     wd.log_metrics(3, {"loss": 3.5})  # logged again by the resumed run: once in the file
     assert [(r["step"], r["loss"]) for r in wd.read_metrics()] == [(1, 1.0), (2, 2.0), (3, 3.5)]
     wd.close()
+
+
+def test_keys_added_later_at_their_old_behaviour_are_no_difference(tmp_path):
+    """A workdir recorded before ``rm.loss`` existed trained Bradley–Terry: the key at that
+    value is no change; at another value it is one."""
+    start_stage(config(), str(tmp_path))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "result.json").write_text('{"accuracy": 0.75}')
+    newer = config()
+    newer.rm.loss = "bradley_terry"
+    newer.rm.odin = {"length_coef": 1.0, "ortho_coef": 1.0}
+    _, done = start_stage(newer, str(tmp_path))
+    assert done == {"accuracy": 0.75}
+    newer.rm.loss = "odin"
+    with pytest.raises(WorkdirError, match=r"rm\.loss: \"<absent>\" → \"odin\""):
+        start_stage(newer, str(tmp_path))
