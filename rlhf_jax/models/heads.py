@@ -84,14 +84,11 @@ class ScalarModel(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         hidden, cache = self.model(input_ids, attention_mask, position_ids, cache)
-        if self.readout == "last":  # only the last token's hidden state reaches the heads
-            idx = last_token_index(attention_mask)
-            hidden_read = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)
-        else:
-            hidden_read = hidden
-        values = self._read_heads(hidden_read)
+        values = self._read_heads(hidden)  # [b, t] (or [b, t, 2]); "last" gathers one position
         if self.readout == "last":
-            values = values[:, 0]
+            idx = last_token_index(attention_mask)
+            index = idx[:, None, None] if values.ndim == 3 else idx[:, None]
+            values = jnp.take_along_axis(values, index, axis=1)[:, 0]
         return ModelOutput(values=values, hidden_states=hidden, cache=cache)
 
     def _read_heads(self, hidden_bte):
