@@ -9,7 +9,9 @@ the measured run shows (README, "Debiasing methods against ground truth"), asser
 - ODIN's quality head is nearly uncorrelated with length while the standard reward model's
   score tracks it; PPO on that head lengthens far less and loses less gold than standard PPO;
 - the calibrated reward also lengthens far less and loses less gold than standard PPO, but
-  still loses gold against SFT, and more than ODIN;
+  still loses gold against SFT (whether it loses more than ODIN varies between processes:
+  PPO amplifies float32-level differences, and this module's run gave ODIN −2.2 where the
+  README's CLI run gave −1.0, so that comparison is not asserted);
 - the DPO family gains gold quality over SFT, R-DPO with the least lengthening of the three;
 - Dr. GRPO, without GRPO's 1/|o_i| and std terms and its KL, runs to the length cap with the
   worst gold; GRPO stays far shorter.
@@ -68,11 +70,11 @@ def test_odin_quality_head_ignores_length_and_ppo_on_it_lengthens_less(study):
 
 
 @pytest.mark.slow
-def test_calibration_shortens_and_loses_less_gold_but_still_loses_it(study):
+def test_calibration_shortens_and_loses_less_gold_than_standard_but_still_loses_it(study):
     rows = study[2]
     assert rows["calibrated"]["length"] < rows["standard"]["length"] - 10
     assert rows["calibrated"]["gold_gain"] > rows["standard"]["gold_gain"] + 2.0
-    assert rows["calibrated"]["gold_gain"] < min(0.0, rows["odin"]["gold_gain"] - 1.0)
+    assert rows["calibrated"]["gold_gain"] < 0.0
 
 
 @pytest.mark.slow
