@@ -49,12 +49,11 @@ from rlhf_jax.generate import decoding_view
 from rlhf_jax.models import load_pretrained, load_tokenizer
 from rlhf_jax.models.build import load_scalar_model, resolve_init_path
 from rlhf_jax.ppo.prompts import prompt_set
-from rlhf_jax.ppo.trainer import train_ppo
 from rlhf_jax.reward.train import train_reward_model
 from rlhf_jax.samples import generate_samples, read_jsonl, score_samples, write_jsonl
 from rlhf_jax.sft import train_sft
-from rlhf_jax.study_methods import STUDY_METHODS, StudyContext, check_methods
-from rlhf_jax.workdir import Workdir, start_stage
+from rlhf_jax.study_methods import STUDY_METHODS, StudyContext, check_methods, run_ppo
+from rlhf_jax.workdir import start_stage
 
 log = logging.getLogger(__name__)
 
@@ -156,22 +155,17 @@ def run_study(config, workdir: str, *, resume_with_changes: bool = False) -> dic
         train_reward_model(_stage_config(config, "rm", **{"rm.intervention": "bal"}), stage("rm_bal"),
                            **again)
     rm_export = os.path.join(stage("rm"), "export")
-    exports, curves = {"sft": sft_export}, {}
+    context = StudyContext(config, workdir, sft_export, stage("rm"), again)
+    made = {}
     for variant in config.ppo_variants:
-        ppo_config = _stage_config(config, "ppo", **{"model.init": sft_export,
-                                                      "reward.model": rm_export,
-                                                      "reward.append_eos": config.rm.rm.append_eos})
+        ppo_config = context.ppo_config()
         with ppo_config.unlocked():
             with_ppo_variant(ppo_config, variant, config.ppo.shaping.target_length)
-        train_ppo(ppo_config, stage(f"ppo_{variant}"), **again)
-        exports[variant] = os.path.join(stage(f"ppo_{variant}"), "export")
-        curves[variant] = Workdir(stage(f"ppo_{variant}")).read_metrics()
-    context = StudyContext(config, workdir, sft_export, stage("rm"), again)
+        made[variant] = run_ppo(context, f"ppo_{variant}", ppo_config)
     for name in methods:
-        made = STUDY_METHODS[name](context, name)
-        exports[name] = made.export
-        if made.curves:
-            curves[name] = made.curves
+        made[name] = STUDY_METHODS[name](context, name)
+    exports = {"sft": sft_export, **{name: m.export for name, m in made.items()}}
+    curves = {name: m.curves for name, m in made.items() if m.curves}
     if "odin" in methods:
         rm_dirs["ODIN"] = stage("rm_odin")
     rm, rm_params = load_scalar_model(rm_export)

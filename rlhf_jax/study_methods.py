@@ -61,11 +61,11 @@ class MethodOutput:
     curves: Optional[list] = None   # PPO metrics rows, for the report's training curves
 
 
-def _ppo(ctx: StudyContext, name: str, reward_model: Optional[str] = None,
-         **overrides) -> MethodOutput:
+def run_ppo(ctx: StudyContext, name: str, config) -> MethodOutput:
+    """Train ``config`` (a PPO stage) in ``WORKDIR/<name>``: its export and its curves."""
     from rlhf_jax.ppo.trainer import train_ppo
     from rlhf_jax.workdir import Workdir
-    train_ppo(ctx.ppo_config(reward_model, **overrides), ctx.stage(name), **ctx.again)
+    train_ppo(config, ctx.stage(name), **ctx.again)
     return MethodOutput(os.path.join(ctx.stage(name), "export"),
                         Workdir(ctx.stage(name)).read_metrics())
 
@@ -77,30 +77,24 @@ def odin(ctx: StudyContext, name: str) -> MethodOutput:
     from rlhf_jax.study import _stage_config
     rm = _stage_config(ctx.config, "rm", **{"rm.loss": "odin", "rm.calibration": "none"})
     train_reward_model(rm, ctx.stage("rm_odin"), **ctx.again)
-    return _ppo(ctx, name, os.path.join(ctx.stage("rm_odin"), "export"),
-                **{"reward.head": "quality"})
+    return run_ppo(ctx, name, ctx.ppo_config(os.path.join(ctx.stage("rm_odin"), "export"),
+                                             **{"reward.head": "quality"}))
 
 
 def calibrated(ctx: StudyContext, name: str) -> MethodOutput:
-    """PPO on the standard reward model's LOWESS-calibrated reward, ``r − b̂(len)``."""
-    if ctx.config.rm.rm.calibration != "lowess":
-        raise ConfigError("method 'calibrated' needs the study's reward model fitted with its "
-                          "length trend: set rm.rm.calibration = 'lowess'")
-    return _ppo(ctx, name, **{"reward.calibration": "lowess"})
+    """PPO on the standard reward model's LOWESS-calibrated reward, ``r − b̂(len)`` (the trend
+    is fitted with that model: :func:`check_methods` requires ``rm.rm.calibration = lowess``)."""
+    return run_ppo(ctx, name, ctx.ppo_config(**{"reward.calibration": "lowess"}))
 
 
 def _group(estimator: str) -> Callable:
     def method(ctx: StudyContext, name: str) -> MethodOutput:
-        from rlhf_jax.ppo.trainer import train_ppo
         from rlhf_jax.ppo.variants import PPO_VARIANTS
-        from rlhf_jax.workdir import Workdir
         config = ctx.ppo_config()
         with config.unlocked():
             PPO_VARIANTS[estimator](config)   # the estimator and its KL, as each paper has it
             config.ppo.group_size = ctx.config.study.group_size
-        train_ppo(config, ctx.stage(name), **ctx.again)
-        return MethodOutput(os.path.join(ctx.stage(name), "export"),
-                            Workdir(ctx.stage(name)).read_metrics())
+        return run_ppo(ctx, name, config)
     method.__doc__ = (f"PPO's loop with the ``{estimator}`` variant (its estimator and KL, "
                       ":mod:`rlhf_jax.ppo.variants`) and ``study.group_size`` responses per "
                       "prompt: group-relative advantages, no value loss.")

@@ -23,8 +23,6 @@ from rlhf_jax.models.presets import preset_config
 from rlhf_jax.reward.losses import (odin_length_loss, odin_loss, orthogonality_loss,
                                     pearson_correlation)
 
-jax.config.update("jax_enable_x64", False)
-
 
 def np_corr(x, y, w):
     keep = w > 0
